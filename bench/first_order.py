@@ -1,18 +1,15 @@
-"""The first-order (finite-difference) gradient mode against the exact one: agreement and speed.
+"""How well the first-order (finite-difference) gradient mode agrees with the exact one.
 
     python bench/first_order.py [--record]
 
 For each network and dtype: cosine similarity and norm ratio of the regularizer's parameter
-gradient (first-order vs exact) at several fd_step values, and the median step time of both
-modes (interleaved, as in bench/step.py).
+gradient (first-order vs exact) at several fd_step values. Its speed is a mode of bench/step.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -45,24 +42,11 @@ def regularizer_gradient(models, x, y, regularizer):
     return torch.cat([g.flatten() for g in torch.autograd.grad(regularizer.terms(models, x, y).total, params)])
 
 
-def step_seconds(models, x, y, regularizer, repeats):
-    params = [p for m in models for p in m.parameters()]
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        terms = regularizer.terms(models, x, y)
-        torch.autograd.grad(terms.ece + terms.total, params)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--record", action="store_true", help="write the table under bench/results/")
-    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     lines = ["| network | fd_step | cosine with exact | norm ratio |", "|---|---|---|---|"]
-    speed = ["| network | exact step (s) | first-order step (s) | first-order / exact |", "|---|---|---|---|"]
     for name, (builder, dtype, steps) in CASES.items():
         torch.manual_seed(0)
         models = [builder().to(dtype) for _ in range(3)]
@@ -72,15 +56,8 @@ def main() -> None:
             approx = regularizer_gradient(models, x, y, HvpCurvatureLoss(gradient="first_order", fd_step=fd_step))
             lines.append(f"| {name} | {fd_step:g} | {F.cosine_similarity(exact, approx, dim=0).item():.4f} | "
                          f"{(approx.norm() / exact.norm()).item():.3f} |")
-        if dtype == torch.float32:
-            timed = {mode: [] for mode in ("exact", "first_order")}
-            for _ in range(args.repeats):  # interleaved
-                for mode in timed:
-                    timed[mode].append(step_seconds(models, x, y, HvpCurvatureLoss(gradient=mode), 1))
-            exact_s, first_s = statistics.median(timed["exact"]), statistics.median(timed["first_order"])
-            speed.append(f"| {name} | {exact_s:.3f} | {first_s:.3f} | {first_s / exact_s:.2f} |")
-        print(lines[-1], flush=True)
-    report = "\n".join(lines) + "\n\nStep = regularizer terms + parameter gradient of ece + total, 3 members, batch 64, 32x32x3.\n\n" + "\n".join(speed) + "\n"
+            print(lines[-1], flush=True)
+    report = "\n".join(lines) + "\n\nGradient of the regularizer (alpha L_r + beta L_g), 3 members, batch 64, 32x32x3, train mode.\n"
     print(report)
     if args.record:
         record_markdown("first_order.py", "first_order", report)

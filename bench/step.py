@@ -10,6 +10,8 @@ like on one machine in one run. A step is zero_grad + loss + backward + optimize
 - plain:     sum_m CE_m (the Base ensemble, eq 2)
 - reference: EDLCM (eq 11) in plain PyTorch, edlcm_ext.reference
 - fused:     EDLCM through edlcm_ext.HvpCurvatureLoss (fused BatchNorm double backward + fused statistics)
+- first_order: HvpCurvatureLoss(gradient="first_order"), the approximate mode with no double backward
+  (its agreement with the exact gradient: bench/first_order.py)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import edlcm_ext
 from edlcm_ext.models import build_model
 from edlcm_ext.reference import edlcm_terms
 
-MODES = ("plain", "reference", "fused")
+MODES = ("plain", "reference", "fused", "first_order")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -72,7 +74,7 @@ def make_step(mode: str, models: list[torch.nn.Module]):
     """A closure running one training step of ``mode`` on (x, y)."""
     params = [p for m in models for p in m.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=5e-4)
-    regularizer = edlcm_ext.HvpCurvatureLoss()
+    regularizer = edlcm_ext.HvpCurvatureLoss(gradient="first_order" if mode == "first_order" else "exact")
 
     def loss_of(x, y):
         if mode == "plain":

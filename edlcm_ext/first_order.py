@@ -9,8 +9,8 @@ parameter gradients:
 
 So the step needs only first-order passes (PyTorch's own BatchNorm kernels, cuDNN, AMP,
 channels_last, torch.compile all apply). Beyond the paper and approximate: see README for its
-measured agreement with the exact gradient. The finite-difference passes restore BatchNorm
-running statistics, so only the two passes at x and x + h g update them, as in the exact mode.
+measured agreement with the exact gradient. The finite-difference passes run on scratch copies of
+the buffers, so only the two passes at x and x + h g update them, as in the exact mode.
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ def _input_and_parameter_gradients(model: nn.Module, z: Tensor, y: Tensor, param
 
 
 def _parameter_gradients(model: nn.Module, z: Tensor, y: Tensor, params: list[Tensor]) -> list[Tensor]:
+    """Parameter gradients at z from a pass that leaves the model's buffers alone: BatchNorm updates
+    running statistics in place without bumping their autograd version, so restoring them afterwards
+    would invalidate the saved graph of the pass at x (still needed for the ensemble CE)."""
+    scratch_buffers = {name: b.clone() for name, b in model.named_buffers()}
     with torch.enable_grad():  # backward() of a Function runs without grad mode
-        return list(torch.autograd.grad(F.cross_entropy(model(z.detach()), y, reduction="sum"), params))
+        logits = torch.func.functional_call(model, scratch_buffers, (z.detach(),), strict=False)
+        return list(torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), params))
 
 
 class _FiniteDifferenceGradient(torch.autograd.Function):
@@ -54,14 +59,9 @@ class _State:
         self.models, self.y, self.step, self.member_params = models, y, step, member_params
         self.points = []  # per member: [(z, grad_theta l(z), v at z)]
 
-    @torch.no_grad()
-    def _snapshot(self, model):
-        return [b.clone() for b in model.buffers()]
-
     def parameter_gradients(self, grad_total: Tensor) -> list[Tensor]:
         out = []
         for model, params, points in zip(self.models, self.member_params, self.points):
-            buffers = self._snapshot(model)
             total = [torch.zeros_like(p) for p in params]
             for z, base, v in points:
                 norm = v.norm()
@@ -70,9 +70,6 @@ class _State:
                 shifted = _parameter_gradients(model, z + (self.step / norm) * v, self.y, params)
                 for acc, g_shift, g_base in zip(total, shifted, base):
                     acc.add_((g_shift - g_base) * (grad_total * norm / self.step))
-            with torch.no_grad():
-                for saved, buffer in zip(buffers, model.buffers()):
-                    buffer.copy_(saved)
             out.extend(total)
         return out
 

@@ -134,11 +134,15 @@ def test_first_order_gradient_matches_exact_in_float64():
     assert abs(flat(approx).norm() / flat(exact).norm() - 1) < 1e-3
 
 
-def test_first_order_mode_keeps_running_statistics_of_the_two_passes():
+def test_first_order_training_step_keeps_running_statistics_of_the_two_passes():
+    """A whole step (ensemble CE + regularizer) back-propagates, and the finite-difference passes
+    leave BatchNorm's running statistics as the exact mode's two passes do."""
     models = ensemble()
     twin = copy.deepcopy(models)
     x, y = batch()
-    HvpCurvatureLoss(gradient="first_order").terms(models, x, y).total.backward()
+    terms = HvpCurvatureLoss(gradient="first_order").terms(models, x, y)
+    (terms.ece + terms.total).backward()
+    assert all(p.grad is not None for m in models for p in m.parameters())
     HvpCurvatureLoss().terms(twin, x, y)
     for m, t in zip(models, twin):
         for a, b in zip(m.buffers(), t.buffers()):
