@@ -84,6 +84,12 @@ def _names(settings: EvalSettings, configs) -> list[str]:
     return names
 
 
+def checkpoint_fingerprint(path: str, *details) -> str:
+    """Identifies a checkpoint file as written (path and modification time) plus ``details``, so
+    cached results of a retrained model are never reused."""
+    return hashlib.sha1(json.dumps([os.path.abspath(path), os.path.getmtime(path), *details]).encode()).hexdigest()[:10]
+
+
 def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: torch.device, transfer_examples: dict) -> dict:
     """One checkpoint's results. ``transfer_examples`` keeps black-box examples crafted on each
     surrogate, so every checkpoint is attacked with the same ones and they are crafted once."""
@@ -93,8 +99,7 @@ def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: tor
     loader = DataLoader(test_set, batch_size=settings.batch_size)
     eps_values = list(settings.eps or DEFAULT_EPS[config.dataset])
     options = {"apgd": {"iterations": settings.apgd_iterations}, "pgd": {"restarts": settings.pgd_restarts}}
-    fingerprint = hashlib.sha1(json.dumps([os.path.abspath(checkpoint), os.path.getmtime(checkpoint), len(test_set),
-                                           options]).encode()).hexdigest()[:10]
+    fingerprint = checkpoint_fingerprint(checkpoint, len(test_set), options)
     cache = FlagCache(os.path.join(settings.cache_dir or os.path.join(settings.out_dir, "flags"), f"{name}-{fingerprint}"))
     progress = settings.progress
 
@@ -118,6 +123,9 @@ def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: tor
         for surrogate_path in settings.surrogates:
             surrogate, surrogate_config, _, _ = load_checkpoint(surrogate_path, str(device))
             label = f"{surrogate_config.arch}x{surrogate_config.members}"
+            if label in result["black_box"]:  # two surrogates of one architecture: tell them apart by run folder
+                label += f" ({os.path.basename(os.path.dirname(os.path.abspath(surrogate_path)))})"
+            surrogate_fingerprint = checkpoint_fingerprint(surrogate_path)
             result["black_box"][label] = {}
             for a in settings.attacks:
                 result["black_box"][label][a] = {}
@@ -127,7 +135,7 @@ def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: tor
                         if key not in transfer_examples:
                             transfer_examples[key] = craft(surrogate, loader, a, e, device, options.get(a), progress)
                         return still_correct(ensemble, transfer_examples[key])
-                    result["black_box"][label][a][e] = summarize(clean, cache.get(f"black_{label}_{a}_{e:g}", compute))
+                    result["black_box"][label][a][e] = summarize(clean, cache.get(f"black_{surrogate_fingerprint}_{a}_{e:g}", compute))
         warnings_found += sanity.check_black_box(result["worst"], result["black_box"])
     if settings.tsr_eps:
         result["tsr"] = {}

@@ -2,6 +2,8 @@
 
 import copy
 import json
+import os
+import shutil
 from unittest import mock
 
 import pytest
@@ -86,9 +88,12 @@ def test_white_box_checks_flag_non_monotone_and_weak_iterative_attacks():
 
 def test_eval_cli_writes_table_plots_and_resumes_from_cache(trained_run, tmp_path, capsys):
     _, checkpoint = trained_run
+    surrogate = tmp_path / "surrogate" / "checkpoint.pt"
+    surrogate.parent.mkdir()
+    shutil.copyfile(checkpoint, surrogate)
     args = ["eval", "--checkpoint", str(checkpoint), "--checkpoint", str(checkpoint), "--name", "a", "--name", "b",
             "--attacks", "fgsm,pgd,apgd", "--eps", "0.05,0.1", "--max-samples", "64", "--tsr-eps", "0.1",
-            "--surrogate", str(checkpoint), "--apgd-iterations", "5", "--out-dir", str(tmp_path), "--no-progress"]
+            "--surrogate", str(surrogate), "--apgd-iterations", "5", "--out-dir", str(tmp_path), "--no-progress"]
     assert cli_main(args) == 0
     table = (tmp_path / "table.md").read_text()
     assert "| Attack | eps | a | b |" in table and "| APGD | 0.1 |" in table and "TSR (PGD)" in table
@@ -102,3 +107,9 @@ def test_eval_cli_writes_table_plots_and_resumes_from_cache(trained_run, tmp_pat
          mock.patch.object(eval_job, "transfer_matrix", side_effect=AssertionError("recomputed")):
         assert cli_main(args) == 0
     assert json.loads((tmp_path / "results.json").read_text())["results"] == saved
+    # A retrained surrogate (same path, new file) invalidates the black-box results only.
+    os.utime(surrogate, (surrogate.stat().st_atime, surrogate.stat().st_mtime + 10))
+    with mock.patch.object(eval_job, "attack_flags", side_effect=AssertionError("recomputed")), \
+         mock.patch.object(eval_job, "craft", wraps=eval_job.craft) as craft:
+        assert cli_main(args) == 0
+    assert craft.call_count == 3 * 2  # each attack and eps once, shared by both checkpoints
