@@ -240,30 +240,38 @@ def format_row(row: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def new_record_base(name: str) -> str:
+    """bench/results/<name>, or <name>_run2, _run3, ... when that is taken: a recorded run is never overwritten."""
+    base, run = os.path.join(RESULTS_DIR, name), 2
+    while any(os.path.exists(base + ext) for ext in (".json", ".md")):
+        base, run = os.path.join(RESULTS_DIR, f"{name}_run{run}"), run + 1
+    return base
+
+
+def markdown_record(title: str, machine: dict, body: str) -> str:
+    return f"# {title}\n\n" + "".join(f"- {key}: {value}\n" for key, value in machine.items()) + "\n" + body
+
+
 def record(report: dict) -> str:
     machine = report["machine"]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     kind = "cuda" if "CPU" not in machine["device"] else "cpu"
     configs = "-".join(row["config"]["name"] for row in report["results"])
-    base = os.path.join(RESULTS_DIR, f"step_{stamp}_{kind}_{configs}{'_quick' if report['quick'] else ''}")
-    run = 2
-    while os.path.exists(base + ".json"):  # keep earlier runs of the same day
-        base, run = f"{base.rsplit('_run', 1)[0]}_run{run}", run + 1
+    base = new_record_base(f"step_{stamp}_{kind}_{configs}{'_quick' if report['quick'] else ''}")
     with open(base + ".json", "w") as out:
         json.dump(report, out, indent=2)
     with open(base + ".md", "w") as out:
-        out.write(f"# bench/step.py{' --quick' if report['quick'] else ''}\n\n")
-        out.write("".join(f"- {key}: {value}\n" for key, value in machine.items()) + "\n")
-        out.write("\n".join(format_row(row) for row in report["results"]))
+        out.write(markdown_record(f"bench/step.py{' --quick' if report['quick'] else ''}", machine,
+                                  "\n".join(format_row(row) for row in report["results"])))
     return base
 
 
 def record_markdown(script: str, name: str, report: str) -> str:
     """Write ``report`` under bench/results/<name>_<date>_cpu.md with the machine description."""
     machine = machine_description(torch.device("cpu"))
-    path = os.path.join(RESULTS_DIR, f"{name}_{machine['date'][:10]}_cpu.md")
+    path = new_record_base(f"{name}_{machine['date'][:10]}_cpu") + ".md"
     with open(path, "w") as out:
-        out.write(f"# bench/{script}\n\n" + "".join(f"- {k}: {v}\n" for k, v in machine.items()) + "\n" + report)
+        out.write(markdown_record(f"bench/{script}", machine, report))
     print("recorded", path)
     return path
 
