@@ -22,7 +22,8 @@ from .data import fixed_subset, load_dataset
 from .evaluate import (attack_flags, correct_flags, craft, still_correct, summarize, transfer_matrix,
                        transferability_success_rate)
 from .report import write_report
-from .train import atomic_save, load_checkpoint
+from .checkpoint import atomic_save, load_data_file
+from .train import load_checkpoint
 
 # PDD's evaluation radii (pixel units of [0, 1] images); digits are coarse 8x8 images.
 DEFAULT_EPS = {"cifar10": (0.005, 0.01), "imagefolder": (0.005, 0.01), "cifar100": (0.01, 0.02),
@@ -59,7 +60,7 @@ class FlagCache:
     def get(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         path = os.path.join(self.folder, key + ".pt")
         if os.path.exists(path):
-            return torch.load(path)
+            return load_data_file(path)
         value = compute()
         atomic_save(value, path)
         return value

@@ -64,10 +64,10 @@ class _State:
         for model, params, points in zip(self.models, self.member_params, self.points):
             total = [torch.zeros_like(p) for p in params]
             for z, base, v in points:
+                # v = 0 (e.g. alpha = 0 and one member) gives a zero step and a zero contribution;
+                # the clamp avoids 0/0 without reading the norm on the host.
                 norm = v.norm()
-                if norm == 0:
-                    continue
-                shifted = _parameter_gradients(model, z + (self.step / norm) * v, self.y, params)
+                shifted = _parameter_gradients(model, z + (self.step / norm.clamp_min(1e-30)) * v, self.y, params)
                 for acc, g_shift, g_base in zip(total, shifted, base):
                     acc.add_((g_shift - g_base) * (grad_total * norm / self.step))
             out.extend(total)
@@ -76,10 +76,10 @@ class _State:
 
 def first_order_terms(
     models: Sequence[nn.Module], x: Tensor, y: Tensor, alpha: float, beta: float, h: float, eps: float, step: float,
-    check_logits=None,
+    check_logits=None, scale: float = 1.0,
 ) -> CurvatureTerms:
     """CurvatureTerms whose ``total`` back-propagates the finite-difference gradient (``step``: the L2
-    length, in input units per sample, of the difference step)."""
+    length, in input units per sample, of the difference step; ``scale``: reference.l_r_scale)."""
     member_params = [[p for p in m.parameters() if p.requires_grad] for m in models]
     state = _State(list(models), y, step * x.shape[0] ** 0.5, member_params)
     differences, ece, grads_at = [], x.new_zeros(()), []
@@ -99,7 +99,7 @@ def first_order_terms(
     u = torch.stack(differences).requires_grad_(True)
     with torch.enable_grad():
         sq_norms, cosines = ops.curvature_stats(u, eps)
-        terms = terms_from_statistics(sq_norms, cosines, ece.detach(), alpha, beta)
+        terms = terms_from_statistics(sq_norms, cosines, ece.detach(), alpha, beta, scale)
         (v,) = torch.autograd.grad(terms.total, u)
     shape = x.shape
     for member, points in enumerate(grads_at):

@@ -3,45 +3,70 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
 from .batchnorm import fused_batchnorm
 from .first_order import first_order_terms
-from .reference import CurvatureTerms, input_gradient_differences, terms_from_statistics
+from .reference import REDUCTIONS, CurvatureTerms, input_gradient_differences, l_r_scale, terms_from_statistics
 
 # Default finite-difference step (eq 8), an L2 distance in pixel units of [0, 1] images. g has unit
 # L2 norm, so on 32x32x3 inputs the step moves each pixel by 0.1/sqrt(3072) ~ 0.0018: below the
 # smallest attack radius we evaluate (L-inf 0.005), i.e. curvature at the scale attacks probe,
 # and far above float32 round-off of the input gradients.
 DEFAULT_H = 0.1
+# alpha * L_r this many times the ensemble CE means the curvature term swamps the classification
+# loss: measured on CIFAR-10, such runs stall at chance or diverge (README, "Scale of L_r").
+DOMINANCE_RATIO = 10.0
+# The dominance check reads two device values (a host sync): on the first regularized call, then
+# once every this many regularized calls until it has warned once.
+DOMINANCE_CHECK_INTERVAL = 1000
 
 
 class HvpCurvatureLoss(nn.Module):
     """alpha * L_r + beta * L_g of an ensemble (EDLCM, paper eqs 8-11), with exact parameter gradients.
 
     ``reg(models, x, y)`` returns the scalar alpha*L_r + beta*L_g; add it to your ensemble
-    cross-entropy. ``reg.terms(models, x, y)`` returns :class:`CurvatureTerms` (total, ece, l_r, l_g),
-    where ``ece`` is the ensemble cross-entropy (eq 2, batch mean) from the regularizer's own forward
-    pass at x, so ``(t.ece + t.total).backward()`` is a whole EDLCM step with no extra forward.
+    cross-entropy. ``reg.terms(models, x, y)`` returns :class:`CurvatureTerms` (total, ece, l_r, l_g,
+    applied), where ``ece`` is the ensemble cross-entropy (eq 2, batch mean) from the regularizer's
+    own forward pass at x, so ``(t.ece + t.total).backward()`` is a whole EDLCM step.
 
     Args:
         alpha: weight of the curvature term L_r (paper default 1).
         beta: weight of the dispersion term L_g (paper default 0.01); needs >= 2 members when nonzero.
         h: finite-difference step of eq 8 (an L2 distance in the units of x).
         eps: lower clamp of each norm in the cosines of L_g.
+        reduction: scale convention of L_r. "mean" (default): eq 9 with the batch-mean CE of
+            ``nn.CrossEntropyLoss()`` and the norm over the whole batch, L_r = sum_m mean_b |u_mb|^2 / B.
+            "sum": per-sample gradients of the summed CE, L_r = sum_m mean_b |u_mb|^2, B times larger.
+            The same run under the other convention: alpha_sum = alpha_mean / B (B = x's batch size).
+        every: lazy regularization (as StyleGAN2's lazy R1): the regularizer runs on one training
+            call out of ``every``, weighted by ``every``, so its gradient summed over ``every`` steps
+            is unchanged; the other calls cost one forward pass (``terms``) or nothing (``forward``).
+        batch_fraction: the regularizer on a random subset of ceil(fraction * B) samples (drawn
+            from torch's generator), the CE on all of them; L_r and L_g being batch means, this is an
+            unbiased estimate (L_r's 1/B of "mean" stays the full batch's).
+        alpha_warmup: alpha and beta ramp linearly from 0 over this many training calls (call t has
+            weight min(1, t / alpha_warmup); calls with weight 0 skip the regularizer).
         fused_batchnorm: run the members' BatchNorm layers (every ``F.batch_norm`` call) through the
             fused backward kernels of :mod:`edlcm_ext.batchnorm`; same gradients, less time.
         gradient: "exact" (double backprop, the paper's) or "first_order": a finite-difference
             parameter gradient with no double backward (:mod:`edlcm_ext.first_order`; approximate,
             not the default: see README for its agreement with the exact gradient).
         fd_step: with gradient="first_order", the per-sample L2 step of the finite difference.
+        check_inputs: check x for NaN/Inf and y's label range. On CPU these raise a ValueError; on
+            other devices they are asynchronous device asserts (no host sync per call).
 
+    Training calls (grad mode on) advance the schedule of ``every`` and ``alpha_warmup``; its state is
+    in ``state_dict()``, so it survives a checkpoint. Under ``torch.no_grad()`` (a validation loop) the
+    terms are computed on the whole batch at full weight, detached, and the schedule does not move.
     Members are any modules mapping x (B, ...) to logits (B, classes); their train/eval mode is left
-    as it is. Conventions (summed CE, batch means) are in :mod:`edlcm_ext.reference`.
+    as it is. The other conventions are in :mod:`edlcm_ext.reference`.
     """
 
     def __init__(
@@ -50,9 +75,14 @@ class HvpCurvatureLoss(nn.Module):
         beta: float = 0.01,
         h: float = DEFAULT_H,
         eps: float = 1e-8,
+        reduction: str = "mean",
+        every: int = 1,
+        batch_fraction: float = 1.0,
+        alpha_warmup: int = 0,
         fused_batchnorm: bool = True,
         gradient: str = "exact",
         fd_step: float = 1e-2,
+        check_inputs: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("alpha", alpha), ("beta", beta)):
@@ -60,29 +90,123 @@ class HvpCurvatureLoss(nn.Module):
                 raise ValueError(f"{name} must be finite, got {value}")
         if gradient not in ("exact", "first_order"):
             raise ValueError(f"gradient must be 'exact' or 'first_order', got {gradient!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         for name, value in (("h", h), ("eps", eps), ("fd_step", fd_step)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        if isinstance(alpha_warmup, bool) or not isinstance(alpha_warmup, int) or alpha_warmup < 0:
+            raise ValueError(f"alpha_warmup must be an integer >= 0 (a number of steps), got {alpha_warmup!r}")
+        if not (isinstance(batch_fraction, (int, float)) and 0 < batch_fraction <= 1):
+            raise ValueError(f"batch_fraction must be in (0, 1], got {batch_fraction!r}")
         self.alpha, self.beta, self.h, self.eps = float(alpha), float(beta), float(h), float(eps)
-        self.fused_batchnorm, self.gradient, self.fd_step = fused_batchnorm, gradient, float(fd_step)
+        self.reduction, self.every, self.batch_fraction, self.alpha_warmup = reduction, every, float(batch_fraction), alpha_warmup
+        self.fused_batchnorm, self.gradient, self.fd_step, self.check_inputs = fused_batchnorm, gradient, float(fd_step), check_inputs
+        self.calls = 0  # training calls so far: the clock of `every` and `alpha_warmup`
+        self._regularized_calls = 0
+        self._warned = False
 
     def extra_repr(self) -> str:
-        return f"alpha={self.alpha}, beta={self.beta}, h={self.h}, eps={self.eps}, fused_batchnorm={self.fused_batchnorm}, gradient={self.gradient!r}"
+        return (f"alpha={self.alpha}, beta={self.beta}, h={self.h}, eps={self.eps}, reduction={self.reduction!r}, "
+                f"every={self.every}, batch_fraction={self.batch_fraction}, alpha_warmup={self.alpha_warmup}, "
+                f"fused_batchnorm={self.fused_batchnorm}, gradient={self.gradient!r}")
+
+    def get_extra_state(self) -> dict:
+        return {"calls": self.calls, "regularized_calls": self._regularized_calls, "warned": self._warned}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.calls, self._regularized_calls = int(state["calls"]), int(state["regularized_calls"])
+        self._warned = bool(state["warned"])
+
+    def schedule_weight(self, call: int) -> float:
+        """The factor of the regularizer on training call ``call`` (0-based): ``every`` times the
+        warm-up factor on the calls that regularize, 0 on the others."""
+        if call % self.every:
+            return 0.0
+        warm = 1.0 if self.alpha_warmup == 0 else min(1.0, call / self.alpha_warmup)
+        return self.every * warm
 
     def forward(self, models: Sequence[nn.Module], x: Tensor, y: Tensor) -> Tensor:
-        return self.terms(models, x, y).total
+        return self._terms(models, x, y, need_ece=False).total
 
     def terms(self, models: Sequence[nn.Module], x: Tensor, y: Tensor) -> CurvatureTerms:
-        check_logits = validate_inputs(models, x, y, self.beta)
+        return self._terms(models, x, y, need_ece=True)
+
+    def _terms(self, models: Sequence[nn.Module], x: Tensor, y: Tensor, need_ece: bool) -> CurvatureTerms:
+        check_logits = validate_inputs(models, x, y, self.beta, self.check_inputs)
+        models, scale = list(models), l_r_scale(self.reduction, x.shape[0])
+        if not torch.is_grad_enabled():
+            with torch.enable_grad():
+                terms = self._regularizer(models, x, y, check_logits, scale)
+            return CurvatureTerms(*(t.detach() for t in terms[:4]))
+        weight = self.schedule_weight(self.calls)
+        self.calls += 1
+        if weight == 0:
+            zero = x.new_zeros(())
+            ece = ensemble_cross_entropy(models, x, y, check_logits) if need_ece else zero
+            return CurvatureTerms(total=zero.requires_grad_(), ece=ece, l_r=zero, l_g=zero, applied=False)
+        rows = math.ceil(self.batch_fraction * x.shape[0])
+        if rows < x.shape[0]:
+            chosen = torch.randperm(x.shape[0], device=x.device)[:rows]
+            ece = ensemble_cross_entropy(models, x, y, check_logits) if need_ece else None
+            terms = self._regularizer(models, x[chosen], y[chosen], check_logits=None, scale=scale)
+            terms = terms._replace(ece=terms.ece if ece is None else ece)
+        else:
+            terms = self._regularizer(models, x, y, check_logits, scale)
+        self._check_dominance(terms)
+        return terms._replace(total=terms.total * weight) if weight != 1 else terms
+
+    def _regularizer(self, models, x, y, check_logits, scale: float) -> CurvatureTerms:
         if self.gradient == "first_order":
-            return first_order_terms(models, x, y, self.alpha, self.beta, self.h, self.eps, self.fd_step, check_logits)
+            return first_order_terms(models, x, y, self.alpha, self.beta, self.h, self.eps, self.fd_step, check_logits, scale)
         with fused_batchnorm(self.fused_batchnorm):
             u, ece = input_gradient_differences(models, x, y, self.h, check_logits)
         sq_norms, cosines = ops.curvature_stats(u, self.eps)
-        return terms_from_statistics(sq_norms, cosines, ece, self.alpha, self.beta)
+        return terms_from_statistics(sq_norms, cosines, ece, self.alpha, self.beta, scale)
+
+    def _check_dominance(self, terms: CurvatureTerms) -> None:
+        """Warn once when alpha * L_r swamps the CE (a host sync, only every DOMINANCE_CHECK_INTERVAL)."""
+        due = self._regularized_calls % DOMINANCE_CHECK_INTERVAL == 0
+        self._regularized_calls += 1
+        if self._warned or not due or self.alpha == 0:
+            return
+        curvature, ce = self.alpha * float(terms.l_r.detach()), float(terms.ece.detach())
+        if curvature > DOMINANCE_RATIO * ce:
+            self._warned = True
+            warnings.warn(
+                f"HvpCurvatureLoss: alpha * L_r = {curvature:.4g} is {curvature / max(ce, 1e-12):.0f}x the ensemble "
+                f"cross-entropy ({ce:.4g}) with alpha={self.alpha:g} and reduction={self.reduction!r}: the curvature "
+                f"term swamps the classification loss, and such runs stall at chance or diverge to NaN. Lower alpha, "
+                f"use reduction='mean' (alpha under 'sum' = alpha under 'mean' / batch size), or ramp it in with "
+                f"alpha_warmup=<steps>.",
+                RuntimeWarning,
+                stacklevel=4,  # the caller of terms() or forward()
+            )
 
 
-def validate_inputs(models: Sequence[nn.Module], x: Tensor, y: Tensor, beta: float):
+def ensemble_cross_entropy(models: Sequence[nn.Module], x: Tensor, y: Tensor, check_logits=None) -> Tensor:
+    """L_ece = sum_m mean_b CE(f_m(x), y) (eq 2) from one forward pass per member."""
+    total = x.new_zeros(())
+    for model in models:
+        logits = model(x)
+        if check_logits is not None:
+            check_logits(logits)
+        total = total + F.cross_entropy(logits, y)
+    return total
+
+
+def _check_values(condition: Tensor, message: str) -> None:
+    """Raise on CPU; on an accelerator an asynchronous device assert, so no host sync."""
+    if condition.device.type == "cpu":
+        if not bool(condition):
+            raise ValueError(message)
+    else:
+        torch._assert_async(condition, message)
+
+
+def validate_inputs(models: Sequence[nn.Module], x: Tensor, y: Tensor, beta: float, check_values: bool = True):
     """Raise a clear error naming the bad argument; return the check to run on each member's logits."""
     if isinstance(models, nn.Module) and not isinstance(models, nn.ModuleList):
         raise TypeError("models must be a sequence of nn.Module members (e.g. a list or nn.ModuleList), got one module")
@@ -98,21 +222,26 @@ def validate_inputs(models: Sequence[nn.Module], x: Tensor, y: Tensor, beta: flo
     if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
         raise TypeError(f"y must be an integer tensor of class labels, got {y.dtype if isinstance(y, Tensor) else type(y).__name__}")
     if y.shape != (x.shape[0],):
-        raise ValueError(f"y must have shape (B,) = ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+        raise ValueError(
+            f"x and y disagree on the batch: x has shape {tuple(x.shape)} (batch size {x.shape[0]}) but y has shape "
+            f"{tuple(y.shape)}; y must have shape (B,) = ({x.shape[0]},). If x is one unbatched image, pass x.unsqueeze(0)"
+        )
     if y.device != x.device:
         raise ValueError(f"y is on {y.device} but x is on {x.device}")
     for index, model in enumerate(models):
         device = next((p.device for p in model.parameters()), x.device)
         if device != x.device:
             raise ValueError(f"models[{index}] is on {device} but x is on {x.device}")
-    if not torch.isfinite(x).all():
-        raise ValueError("x contains non-finite values (NaN or Inf)")
-    lowest, highest = int(y.min()), int(y.max())
+    if check_values and x.device.type != "meta":
+        _check_values(torch.isfinite(x).all(), "x contains non-finite values (NaN or Inf)")
+    checked = []
 
     def check_logits(logits: Tensor) -> None:
         if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             raise ValueError(f"each model must return logits of shape (B={x.shape[0]}, classes), got {tuple(logits.shape)}")
-        if lowest < 0 or highest >= logits.shape[1]:
-            raise ValueError(f"y: labels must lie in [0, {logits.shape[1]}) for {logits.shape[1]} classes, got [{lowest}, {highest}]")
+        classes = logits.shape[1]
+        if check_values and classes not in checked and y.device.type != "meta":
+            checked.append(classes)
+            _check_values(((y >= 0) & (y < classes)).all(), f"y: labels must lie in [0, {classes}) for {classes} classes")
 
     return check_logits

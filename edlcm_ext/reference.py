@@ -2,12 +2,18 @@
 
 Conventions (paper eqs 2, 8-10):
 - l_m(z) is member m's cross-entropy *summed* over the batch, so grad_x l_m is the per-sample input
-  gradient and does not shrink with the batch size. With the batch-mean convention every input
-  gradient is divided by B, so u is divided by B and L_r by B^2 (L_g, a cosine, is unchanged).
+  gradient and does not shrink with the batch size; u, g and the cosines are built from it.
+- The scale of L_r is a choice the paper leaves open (``reduction``):
+  "mean" (the default): eq 9 read with the training loss PyTorch users have, the batch-mean CE of
+  nn.CrossEntropyLoss(). Its input gradient is the per-sample one divided by B, and eq 9's norm is
+  taken over the whole batch: L_r = sum_m sum_b |u_{m,b} / B|^2 = sum_m mean_b |u_{m,b}|^2 / B.
+  "sum": per-sample gradients of the summed CE: L_r = sum_m mean_b |u_{m,b}|^2, B times larger.
+  Conversion: L_r(mean) = L_r(sum) / B, so alpha under "sum" = alpha under "mean" / B gives the
+  same loss and gradients (B: the batch size the loss is called with). L_g is the same in both.
 - g_m = sign(grad_x l_m(x)) / |sign(grad_x l_m(x))|_2 per sample, a constant (detached); a sample
   whose gradient is exactly zero gets g = 0 (and so u = 0).
 - u_m = grad_x l_m(x + h g_m) - grad_x l_m(x): eq 8 without the 1/h, which eq 9 absorbs into alpha.
-- L_r = sum_m mean_b |u_{m,b}|^2 (eq 9); L_g = sum_{i<j} mean_b cos(u_{i,b}, u_{j,b}) (eq 10).
+- L_g = sum_{i<j} mean_b cos(u_{i,b}, u_{j,b}) (eq 10).
 - L_ece = sum_m mean_b CE(f_m(x), y) (eq 2), from the same forward pass at x.
 Both input gradients are built with create_graph=True, so backward through L_r / L_g gives the exact
 parameter gradient (double backprop). Members keep their train/eval mode; each of the two forward
@@ -23,15 +29,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 LogitsCheck = Optional[Callable[[Tensor], None]]
+REDUCTIONS = ("mean", "sum")
+
+
+def l_r_scale(reduction: str, batch_size: int) -> float:
+    """Factor from the "sum" convention's L_r to ``reduction``'s (see the module docstring)."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return 1.0 / batch_size if reduction == "mean" else 1.0
 
 
 class CurvatureTerms(NamedTuple):
-    """The parts of the EDLCM loss (eq 11): loss = ece + total, total = alpha*l_r + beta*l_g."""
+    """The parts of the EDLCM loss (eq 11): loss = ece + total, total = alpha*l_r + beta*l_g.
+
+    ``applied`` is False on the calls where an amortized HvpCurvatureLoss (every=k, warm-up) skips
+    the regularizer: total is then a zero and l_r, l_g are zeros that were not computed.
+    """
 
     total: Tensor
     ece: Tensor
     l_r: Tensor
     l_g: Tensor
+    applied: bool = True
 
 
 def input_gradient(model: nn.Module, x: Tensor, y: Tensor, check_logits: LogitsCheck = None) -> tuple[Tensor, Tensor]:
@@ -76,16 +95,19 @@ def curvature_statistics(u: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
     return sq_norms, cosines
 
 
-def terms_from_statistics(sq_norms: Tensor, cosines: Tensor, ece: Tensor, alpha: float, beta: float) -> CurvatureTerms:
-    """Batch means and sums of eqs 9-10, combined as in eq 11."""
-    l_r = sq_norms.mean(dim=1).sum()
+def terms_from_statistics(
+    sq_norms: Tensor, cosines: Tensor, ece: Tensor, alpha: float, beta: float, scale: float = 1.0
+) -> CurvatureTerms:
+    """Batch means and sums of eqs 9-10, combined as in eq 11; ``scale`` is :func:`l_r_scale`."""
+    l_r = sq_norms.mean(dim=1).sum() * scale
     l_g = cosines.mean(dim=1).sum()
     return CurvatureTerms(total=alpha * l_r + beta * l_g, ece=ece, l_r=l_r, l_g=l_g)
 
 
 def edlcm_terms(
-    models: Sequence[nn.Module], x: Tensor, y: Tensor, alpha: float = 1.0, beta: float = 0.01, h: float = 0.1
+    models: Sequence[nn.Module], x: Tensor, y: Tensor, alpha: float = 1.0, beta: float = 0.01, h: float = 0.1,
+    reduction: str = "mean",
 ) -> CurvatureTerms:
     """The whole regularizer in plain PyTorch, with no input validation."""
     u, ece = input_gradient_differences(models, x, y, h)
-    return terms_from_statistics(*curvature_statistics(u), ece, alpha, beta)
+    return terms_from_statistics(*curvature_statistics(u), ece, alpha, beta, l_r_scale(reduction, x.shape[0]))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -25,6 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
+from .checkpoint import FORMAT_VERSION, atomic_save, read_checkpoint
 from .data import DatasetInfo, fixed_subset, load_dataset
 from .ensemble import Ensemble
 from .methods import build_method
@@ -55,24 +55,14 @@ class TrainConfig:
     workers: int = 0
     method_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    # Steps between reads of the step logs and the non-finite check (each read is a host sync on a
+    # GPU); a non-finite loss is still reported with its exact step, and the checkpoint written at
+    # the end of an epoch never holds weights updated after it.
+    log_every: int = 20
 
 
 class NonFiniteLossError(RuntimeError):
     """Training hit a NaN/Inf loss; the last good checkpoint is kept."""
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", suffix=".pt", delete=False) as handle:
-        try:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        except BaseException:
-            os.unlink(handle.name)
-            raise
-    os.replace(handle.name, path)
 
 
 def build_ensemble(config: TrainConfig, info: DatasetInfo) -> Ensemble:
@@ -81,9 +71,9 @@ def build_ensemble(config: TrainConfig, info: DatasetInfo) -> Ensemble:
 
 def load_checkpoint(path: str, device: str = "cpu") -> tuple[Ensemble, TrainConfig, DatasetInfo, dict]:
     """(ensemble in eval mode, its TrainConfig, DatasetInfo, the raw checkpoint) from a trainer checkpoint."""
-    checkpoint = torch.load(path, map_location=device, weights_only=False)
+    checkpoint = read_checkpoint(path, device)
     config = TrainConfig(**checkpoint["config"])
-    info = DatasetInfo(**checkpoint["info"])
+    info = DatasetInfo(**{key: tuple(v) if isinstance(v, list) else v for key, v in checkpoint["info"].items()})
     ensemble = build_ensemble(config, info).to(device)
     ensemble.load_state_dict(checkpoint["ensemble"])
     return ensemble.eval(), config, info, checkpoint
@@ -120,6 +110,33 @@ def _average_across_processes(tensors, world: int) -> None:
         tensor.div_(world)
 
 
+class _StepLog:
+    """Step values summed on the device, read (one host sync) only when ``read`` is called; tracks the
+    first step whose loss was not finite."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.first_non_finite = torch.full((), -1, dtype=torch.long, device=device)
+
+    def add(self, step: int, loss: torch.Tensor, logs: dict[str, torch.Tensor]) -> None:
+        loss = loss.detach()
+        self.first_non_finite = torch.where((self.first_non_finite < 0) & ~torch.isfinite(loss), step, self.first_non_finite)
+        for key, value in {"loss": loss, **logs}.items():
+            value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def first_non_finite_step(self, distributed: bool) -> int:
+        flag = self.first_non_finite.clone()
+        if distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag)
+
+    def means(self) -> dict[str, float]:
+        return {key: float(total) / self.counts[key] for key, total in self.sums.items()}
+
+
 @dataclass
 class TrainResult:
     ensemble: Ensemble
@@ -146,18 +163,22 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers, drop_last=True)
     test_loader = DataLoader(test_set, batch_size=256, num_workers=config.workers)
 
+    checkpoint = read_checkpoint(checkpoint_path, device) if resume and os.path.exists(checkpoint_path) else None
+    if checkpoint is not None:  # options the run was started with (e.g. its L_r convention) stay, unless overridden now
+        config = dataclasses.replace(config, method_options={**checkpoint["config"].get("method_options", {}), **config.method_options})
     torch.manual_seed(config.seed)  # the same initial weights in every process
     ensemble = build_ensemble(config, info).to(device)
     method = build_method(config.method, **config.method_options)
+    config = dataclasses.replace(config, method_options={**method.recorded_options(), **config.method_options})
     parameters = list(ensemble.parameters())
     optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.min_lr)
     start_epoch, history = 0, []
-    if resume and os.path.exists(checkpoint_path):
-        checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+    if checkpoint is not None:
         ensemble.load_state_dict(checkpoint["ensemble"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        method.load_state_dict(checkpoint.get("method_state", {}))
         start_epoch, history = checkpoint["epoch"] + 1, checkpoint["history"]
     if main_process:
         with open(os.path.join(config.out_dir, "config.json"), "w") as out:
@@ -168,38 +189,36 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         torch.manual_seed(config.seed * 1_000_003 + epoch * 1009 + rank)
         sampler.set_epoch(epoch)
         ensemble.train()
-        started, sums, steps = time.perf_counter(), {}, 0
+        started, step_log = time.perf_counter(), _StepLog(device)
         bar = tqdm(loader, desc=f"{config.method} epoch {epoch + 1}/{config.epochs}", disable=not (config.progress and main_process), leave=False)
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar, 1):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss, logs = method.loss(ensemble, x, y)
-            finite = torch.tensor([float(torch.isfinite(loss))], device=device)
-            if distributed:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-            if finite.item() == 0:
-                raise NonFiniteLossError(
-                    f"loss became non-finite ({loss.item()}) at epoch {epoch + 1}, step {steps + 1}; stopped. "
-                    f"Last good checkpoint: {checkpoint_path if os.path.exists(checkpoint_path) else 'none yet'}"
-                )
+            step_log.add(step, loss, logs)
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
             if distributed:
                 _average_across_processes([p.grad for p in parameters if p.grad is not None], world)
             optimizer.step()
-            steps += 1
-            for key, value in {"loss": loss.item(), **logs}.items():
-                sums[key] = sums.get(key, 0.0) + value
-            bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
+            if step % config.log_every == 0 or step == len(loader):
+                bad_step = step_log.first_non_finite_step(distributed)
+                if bad_step >= 0:
+                    raise NonFiniteLossError(
+                        f"loss became non-finite at epoch {epoch + 1}, step {bad_step}; stopped. Last good checkpoint: "
+                        f"{checkpoint_path if os.path.exists(checkpoint_path) else 'none yet'}. {method.divergence_hint()}".strip()
+                    )
+                bar.set_postfix(loss=f"{step_log.means()['loss']:.4f}")
         scheduler.step()
         if distributed:
             _average_across_processes([b for b in ensemble.buffers() if b.is_floating_point()], world)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
-                  **{key: value / max(1, steps) for key, value in sums.items()}}
+                  **step_log.means()}
         if main_process:
             record["test_accuracy"] = clean_accuracy(ensemble, test_loader, device)
             history.append(record)
-            atomic_save({"epoch": epoch, "ensemble": ensemble.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "config": dataclasses.asdict(config),
+            atomic_save({"format": FORMAT_VERSION, "epoch": epoch, "ensemble": ensemble.state_dict(),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "method_state": method.state_dict(), "config": dataclasses.asdict(config),
                          "info": dataclasses.asdict(info), "history": history}, checkpoint_path)
             with open(os.path.join(config.out_dir, LOG_NAME), "a") as log:
                 log.write(json.dumps(record) + "\n")

@@ -42,6 +42,9 @@ class InterruptAfter:
     def __init__(self, method, calls):
         self.method, self.calls = method, calls
 
+    def __getattr__(self, name):  # everything but loss() is the wrapped method's
+        return getattr(self.method, name)
+
     def loss(self, ensemble, x, y):
         if self.calls == 0:
             raise KeyboardInterrupt

@@ -34,4 +34,4 @@ class ADP(Method):
         eye = torch.eye(members, dtype=gram.dtype, device=gram.device)
         log_det = torch.logdet(gram + self.det_offset * eye).mean()
         loss = ce - self.alpha * entropy - self.beta * log_det
-        return loss, {"ce": ce.item(), "entropy": entropy.item(), "log_det": log_det.item()}
+        return loss, {"ce": ce, "entropy": entropy, "log_det": log_det}

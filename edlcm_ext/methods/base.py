@@ -16,4 +16,4 @@ class Base(Method):
 
     def loss(self, ensemble, x, y):
         loss = ensemble_cross_entropy(ensemble.member_logits(x), y)
-        return loss, {"ce": loss.item()}
+        return loss, {"ce": loss}

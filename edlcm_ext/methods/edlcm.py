@@ -5,7 +5,8 @@ from . import Method, register
 @register("edlcm")
 class EDLCM(Method):
     """EDLCM (Zhao et al.): L_ece + alpha L_r + beta L_g (eq 11), alpha = 1, beta = 0.01, through the
-    fused :class:`edlcm_ext.HvpCurvatureLoss`."""
+    fused :class:`edlcm_ext.HvpCurvatureLoss`; its other options (reduction, every, batch_fraction,
+    alpha_warmup, ...) pass through, e.g. ``--set every=4``."""
 
     name = "edlcm"
 
@@ -14,7 +15,24 @@ class EDLCM(Method):
 
     def loss(self, ensemble, x, y):
         terms = self.regularizer.terms(list(ensemble.members), x, y)
-        return terms.ece + terms.total, {"ce": terms.ece.item(), "l_r": terms.l_r.item(), "l_g": terms.l_g.item()}
+        logs = {"ce": terms.ece}
+        if terms.applied:  # skipped calls of every=k / warm-up have no L_r, L_g to average
+            logs.update(l_r=terms.l_r.detach(), l_g=terms.l_g.detach())
+        return terms.ece + terms.total, logs
+
+    def recorded_options(self) -> dict:
+        return {"reduction": self.regularizer.reduction}
+
+    def divergence_hint(self) -> str:
+        r = self.regularizer
+        return (f"With alpha={r.alpha}, reduction={r.reduction!r}, alpha * L_r may swamp the CE (HvpCurvatureLoss warns "
+                f"when it does): lower alpha, use reduction='mean', or set alpha_warmup (README, 'Scale of L_r').")
+
+    def state_dict(self) -> dict:
+        return self.regularizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.regularizer.load_state_dict(state)
 
 
 @register("edlcm_lr")

@@ -42,7 +42,7 @@ class GAL(Method):
         member_logits, gradients = member_input_gradients(ensemble, x, y)
         ce = ensemble_cross_entropy(member_logits, y)
         alignment = torch.logsumexp(pairwise_cosines(gradients), dim=0).mean()
-        return ce + self.lam * alignment, {"ce": ce.item(), "gal": alignment.item()}
+        return ce + self.lam * alignment, {"ce": ce, "gal": alignment}
 
 
 @register("deg")
@@ -59,4 +59,4 @@ class DEG(Method):
         member_logits, gradients = member_input_gradients(ensemble, x, y)
         ce = ensemble_cross_entropy(member_logits, y)
         dispersion = pairwise_cosines(gradients).mean(dim=1).sum()
-        return ce + self.beta * dispersion, {"ce": ce.item(), "cos": dispersion.item()}
+        return ce + self.beta * dispersion, {"ce": ce, "cos": dispersion}

@@ -55,4 +55,4 @@ class PDD(Method):
         member_logits = [member.classifier(f * mask) for member, f, mask in zip(ensemble.members, features, masks)]
         loss = ensemble_cross_entropy(member_logits, y)
         kept = torch.stack([mask.mean() for mask in masks]).mean()
-        return loss, {"ce": loss.item(), "kept": kept.item()}
+        return loss, {"ce": loss, "kept": kept}

@@ -1,0 +1,77 @@
+"""Checkpoint files: written atomically, read without running any code.
+
+Every file we read (trainer checkpoints, eval caches) goes through ``torch.load(weights_only=True)``,
+which unpickles only tensors and plain containers (dict, list, tuple, str, numbers, bool, None), so a
+shared checkpoint carrying a pickle payload is refused before anything in it runs. What we save is
+made of exactly those types.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from typing import Any
+
+import torch
+
+# 2: method_options record the L_r convention ("reduction") and the method's state is saved.
+FORMAT_VERSION = 2
+REQUIRED_KEYS = ("epoch", "ensemble", "config", "info")
+# Methods whose meaning depends on HvpCurvatureLoss's L_r convention; checkpoints written before the
+# convention was recorded (format 1) were trained under "sum", the only one that existed then.
+CURVATURE_METHODS = ("edlcm", "edlcm_lr", "edlcm_lg")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a loadable checkpoint of ours; the message names the path and the problem."""
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".tmp-", suffix=".pt", delete=False) as handle:
+        try:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            os.unlink(handle.name)
+            raise
+    os.replace(handle.name, path)
+
+
+def load_data_file(path: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one clear error naming the path when the file is
+    missing, unreadable, or holds anything but tensors and plain data (nothing in it is run)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: it holds Python objects other than tensors and plain data, which could run "
+            f"code when unpickled ({reason}). edlcm-ext checkpoints never do; if you trust the file and it is an old "
+            f"checkpoint of ours, re-save it: c = torch.load(path, weights_only=False); convert its non-plain values "
+            f"to dicts/lists/numbers/strings; torch.save(c, path)."
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})") from None
+
+
+def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
+    """A trainer checkpoint as a dict, checked for our keys and upgraded to FORMAT_VERSION."""
+    checkpoint = load_data_file(path, map_location)
+    if not isinstance(checkpoint, dict) or not all(key in checkpoint for key in REQUIRED_KEYS):
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path}: not an edlcm-ext trainer checkpoint (expected keys {list(REQUIRED_KEYS)}, found {found})")
+    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["info"], dict):
+        raise CheckpointError(f"{path}: not an edlcm-ext trainer checkpoint (config and info must be dicts)")
+    if checkpoint.get("format", 1) < 2:
+        config = checkpoint["config"]
+        if config.get("method") in CURVATURE_METHODS:
+            config["method_options"] = {"reduction": "sum", **config.get("method_options", {})}
+        checkpoint["format"] = FORMAT_VERSION
+    return checkpoint

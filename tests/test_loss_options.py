@@ -1,0 +1,215 @@
+"""HvpCurvatureLoss's options: the L_r convention (reduction), lazy and partial-batch regularization
+(every, batch_fraction), warm-up, the dominance warning, and validation-mode calls."""
+
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import batch, ensemble
+
+from edlcm_ext import HvpCurvatureLoss, ops
+from edlcm_ext.batchnorm import fused_batchnorm
+from edlcm_ext.loss import DEFAULT_H
+from edlcm_ext.reference import edlcm_terms, input_gradient_differences, terms_from_statistics
+
+
+def parameter_grads(models, loss):
+    return torch.autograd.grad(loss, [p for m in models for p in m.parameters()], allow_unused=True)
+
+
+def assert_same_grads(ours, expected, rtol=1e-10):
+    for a, b in zip(ours, expected, strict=True):
+        a = torch.zeros_like(b) if a is None else a
+        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * max(1.0, b.abs().max().item()))
+
+
+def test_mean_convention_is_eq9_with_the_batch_mean_cross_entropy():
+    """Independent of edlcm_ext.reference: u from autograd on nn.CrossEntropyLoss() (batch mean) and
+    the squared norm over the whole batch, for one member (so L_g plays no part)."""
+    (model,) = [m.eval() for m in ensemble(members=1)]
+    x, y = batch(size=5)
+    h = 0.1
+    x0 = x.clone().requires_grad_(True)
+    (grad0,) = torch.autograd.grad(torch.nn.CrossEntropyLoss()(model(x0), y), x0)
+    sign = grad0.sign()
+    g = sign / sign.flatten(1).norm(dim=1).view(-1, 1, 1, 1)  # per-sample unit sign direction (sec. III-B)
+    x1 = (x + h * g).requires_grad_(True)
+    (grad1,) = torch.autograd.grad(torch.nn.CrossEntropyLoss()(model(x1), y), x1)
+    expected = (grad1 - grad0).pow(2).sum()
+    terms = HvpCurvatureLoss(alpha=1.0, beta=0.0, h=h, reduction="mean").terms([model], x, y)
+    torch.testing.assert_close(terms.l_r, expected, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_conversion_rule_between_conventions_is_exact(train):
+    """L_r(mean) = L_r(sum) / B, so alpha_sum = alpha_mean / B gives the same loss and gradients."""
+    models = [m.train(train) for m in ensemble()]
+    twin = copy.deepcopy(models)
+    x, y = batch(size=6)
+    alpha, beta = 0.7, 0.3
+    mean = HvpCurvatureLoss(alpha=alpha, beta=beta, reduction="mean").terms(models, x, y)
+    summed = HvpCurvatureLoss(alpha=alpha / x.shape[0], beta=beta, reduction="sum").terms(twin, x, y)
+    torch.testing.assert_close(mean.l_r * x.shape[0], summed.l_r, rtol=1e-12, atol=0)
+    torch.testing.assert_close(mean.l_g, summed.l_g, rtol=1e-12, atol=0)
+    torch.testing.assert_close(mean.total, summed.total, rtol=1e-12, atol=0)
+    assert_same_grads(parameter_grads(models, mean.ece + mean.total), parameter_grads(twin, summed.ece + summed.total))
+
+
+def test_every_1_and_full_batch_are_bit_identical_to_the_plain_pipeline():
+    """The amortization options at their defaults change nothing: the same float32 bits as the
+    pipeline before they existed (fused input-gradient differences, the stats op, eq 11)."""
+    models = [m.float() for m in ensemble()]
+    twin = copy.deepcopy(models)
+    x, y = batch(dtype=torch.float32)
+    ours = HvpCurvatureLoss(reduction="sum", every=1, batch_fraction=1.0, alpha_warmup=0).terms(models, x, y)
+    with fused_batchnorm():
+        u, ece = input_gradient_differences(twin, x, y, DEFAULT_H)
+    plain = terms_from_statistics(*ops.curvature_stats(u, 1e-8), ece, 1.0, 0.01)
+    for name in ("total", "ece", "l_r", "l_g"):
+        assert torch.equal(getattr(ours, name), getattr(plain, name)), name
+    for a, b in zip(parameter_grads(models, ours.ece + ours.total), parameter_grads(twin, plain.ece + plain.total)):
+        assert torch.equal(a, b)
+
+
+def test_every_k_scales_the_regularized_call_and_leaves_exactly_the_ce_on_the_others():
+    models = ensemble()
+    x, y = batch()
+    k = 3
+    lazy, exact = HvpCurvatureLoss(every=k, beta=0.5), HvpCurvatureLoss(beta=0.5)
+    for call in range(2 * k):
+        reference_models = copy.deepcopy(models)
+        terms = lazy.terms(models, x, y)
+        if call % k == 0:
+            expected = exact.terms(reference_models, x, y)
+            assert terms.applied
+            torch.testing.assert_close(terms.total, k * expected.total, rtol=1e-12, atol=0)
+            torch.testing.assert_close(terms.l_r, expected.l_r, rtol=1e-12, atol=0)
+            assert_same_grads(parameter_grads(models, terms.total), parameter_grads(reference_models, k * expected.total))
+        else:
+            ce = sum(F.cross_entropy(m(x), y) for m in reference_models)
+            assert not terms.applied and terms.total.item() == 0 and terms.l_r.item() == 0
+            torch.testing.assert_close(terms.ece, ce, rtol=0, atol=0)
+            assert_same_grads(parameter_grads(models, terms.ece + terms.total), parameter_grads(reference_models, ce), rtol=0)
+    assert lazy.calls == 2 * k
+
+
+def test_every_k_forward_skips_all_work_on_the_other_calls():
+    models = ensemble()
+    x, y = batch()
+    lazy = HvpCurvatureLoss(every=2)
+    lazy(models, x, y)
+    calls = []
+    hooks = [m.register_forward_hook(lambda *args: calls.append(1)) for m in models]
+    value = lazy(models, x, y)
+    assert calls == [] and value.item() == 0 and value.requires_grad
+    for hook in hooks:
+        hook.remove()
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_batch_fraction_is_the_exact_regularizer_on_the_chosen_rows(reduction):
+    models = ensemble()
+    twin = copy.deepcopy(models)
+    x, y = batch(size=8)
+    fraction = 0.3  # ceil(2.4) = 3 rows
+    torch.manual_seed(123)
+    terms = HvpCurvatureLoss(beta=0.5, batch_fraction=fraction, reduction=reduction).terms(models, x, y)
+    torch.manual_seed(123)
+    chosen = torch.randperm(8)[: math.ceil(fraction * 8)]
+    assert len(chosen) == 3
+    reference = edlcm_terms(twin, x[chosen], y[chosen], beta=0.5, reduction="sum")
+    scale = 1.0 / 8 if reduction == "mean" else 1.0  # L_r's 1/B is the full batch's: unbiased
+    torch.testing.assert_close(terms.l_r, reference.l_r * scale, rtol=1e-10, atol=0)
+    torch.testing.assert_close(terms.l_g, reference.l_g, rtol=1e-10, atol=0)
+    reference_total = 1.0 * reference.l_r * scale + 0.5 * reference.l_g
+    assert_same_grads(parameter_grads(models, terms.total), parameter_grads(twin, reference_total))
+    assert not torch.allclose(terms.ece, reference.ece)  # the CE is the whole batch's, not the subset's
+
+
+def test_batch_fraction_draws_from_torch_generator_reproducibly():
+    models = [m.eval() for m in ensemble()]
+    x, y = batch(size=10)
+    loss = HvpCurvatureLoss(batch_fraction=0.5)
+    values = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        values.append(loss.terms(models, x, y).l_r)
+    assert torch.equal(values[0], values[1]) and not torch.equal(values[0], values[2])
+
+
+def test_batch_fraction_ce_covers_the_whole_batch():
+    models = [m.eval() for m in ensemble()]
+    x, y = batch(size=8)
+    terms = HvpCurvatureLoss(batch_fraction=0.25).terms(models, x, y)
+    torch.testing.assert_close(terms.ece, sum(F.cross_entropy(m(x), y) for m in models), rtol=1e-12, atol=0)
+
+
+def test_warmup_ramps_linearly_and_reaches_full_weight_at_the_given_step():
+    models = [m.eval() for m in ensemble()]
+    x, y = batch()
+    full = HvpCurvatureLoss().terms(models, x, y).total
+    warm = HvpCurvatureLoss(alpha_warmup=4)
+    totals = [warm.terms(models, x, y) for _ in range(6)]
+    assert not totals[0].applied  # weight 0: skipped, not computed
+    for call, terms in enumerate(totals[1:], 1):
+        torch.testing.assert_close(terms.total, min(1.0, call / 4) * full, rtol=1e-12, atol=0)
+    assert [warm.schedule_weight(t) for t in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    combined = HvpCurvatureLoss(alpha_warmup=4, every=2)
+    assert [combined.schedule_weight(t) for t in range(7)] == [0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 2.0]
+
+
+def test_schedule_state_survives_state_dict():
+    models = [m.eval() for m in ensemble()]
+    x, y = batch()
+    original = HvpCurvatureLoss(every=3, alpha_warmup=5)
+    for _ in range(4):
+        original.terms(models, x, y)
+    restored = HvpCurvatureLoss(every=3, alpha_warmup=5)
+    restored.load_state_dict(original.state_dict())
+    assert restored.calls == 4
+    a, b = original.terms(models, x, y), restored.terms(models, x, y)
+    assert a.applied == b.applied and torch.equal(a.total, b.total)
+
+
+def test_dominance_warning_fires_once_for_an_absurd_alpha_and_not_for_the_default():
+    models = ensemble()
+    x, y = batch()
+    with pytest.warns(RuntimeWarning, match=r"alpha \* L_r .* alpha=1e\+06 and reduction='sum'.*alpha_warmup"):
+        absurd = HvpCurvatureLoss(alpha=1e6, reduction="sum")
+        absurd.terms(models, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        absurd.terms(models, x, y)  # once only
+        HvpCurvatureLoss().terms(models, x, y)
+
+
+def test_validation_call_under_no_grad_returns_detached_values_and_keeps_the_schedule():
+    models = [m.eval() for m in ensemble()]
+    x, y = batch()
+    loss = HvpCurvatureLoss(every=2, batch_fraction=0.5)
+    with torch.no_grad():
+        terms = loss.terms(models, x, y)
+    expected = HvpCurvatureLoss().terms(models, x, y)
+    assert loss.calls == 0 and not terms.total.requires_grad
+    torch.testing.assert_close(terms.total, expected.total.detach(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"every": 0}, "every"), ({"every": 1.5}, "every"), ({"batch_fraction": 0.0}, "batch_fraction"),
+     ({"batch_fraction": 1.5}, "batch_fraction"), ({"alpha_warmup": -1}, "alpha_warmup"),
+     ({"reduction": "avg"}, "reduction")],
+)
+def test_bad_option_values_name_the_option(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        HvpCurvatureLoss(**kwargs)
+
+
+def test_unbatched_image_gets_an_error_naming_x():
+    models = ensemble()
+    x, y = batch(size=1)
+    with pytest.raises(ValueError, match=r"x has shape \(3, 8, 8\).*x.unsqueeze\(0\)"):
+        HvpCurvatureLoss()(models, x[0], y)
