@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from typing import Any
@@ -50,12 +51,16 @@ def load_data_file(path: str, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+        detail = detail.group(1).strip() if detail else str(error).strip()
+        if "Unsupported global" not in detail:
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({detail})") from None
+        found = re.search(r"GLOBAL (\S+)", detail)
         raise CheckpointError(
-            f"{path}: refused to load: it holds Python objects other than tensors and plain data, which could run "
-            f"code when unpickled ({reason}). edlcm-ext checkpoints never do; if you trust the file and it is an old "
-            f"checkpoint of ours, re-save it: c = torch.load(path, weights_only=False); convert its non-plain values "
-            f"to dicts/lists/numbers/strings; torch.save(c, path)."
+            f"{path}: refused to load: it holds Python objects other than tensors and plain data "
+            f"({found.group(1) if found else detail}), which could run code when unpickled; nothing in it was run. "
+            f"edlcm-ext checkpoints never do. If you trust the file and it is an old checkpoint of ours, re-save it: "
+            f"c = torch.load(path, weights_only=False); turn its other values into dicts/lists/numbers/strings; torch.save(c, path)."
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})") from None

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from . import sanity
+from .attacks import PRESETS
 from .data import fixed_subset, load_dataset
 from .evaluate import (attack_flags, correct_flags, craft, still_correct, summarize, transfer_matrix,
                        transferability_success_rate)
@@ -34,7 +35,7 @@ DEFAULT_EPS = {"cifar10": (0.005, 0.01), "imagefolder": (0.005, 0.01), "cifar100
 class EvalSettings:
     checkpoints: list[str]
     names: Optional[list[str]] = None
-    attacks: list[str] = field(default_factory=lambda: ["fgsm", "bim", "pgd", "apgd"])
+    attacks: list[str] = field(default_factory=lambda: list(PRESETS["default"]))
     eps: Optional[list[float]] = None  # default: DEFAULT_EPS of the checkpoint's dataset
     tsr_eps: list[float] = field(default_factory=list)
     surrogates: list[str] = field(default_factory=list)
@@ -99,7 +100,8 @@ def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: tor
     test_set = fixed_subset(test_set, settings.max_samples)
     loader = DataLoader(test_set, batch_size=settings.batch_size)
     eps_values = list(settings.eps or DEFAULT_EPS[config.dataset])
-    options = {"apgd": {"iterations": settings.apgd_iterations}, "pgd": {"restarts": settings.pgd_restarts}}
+    options = {"apgd": {"iterations": settings.apgd_iterations}, "apgd-dlr": {"iterations": settings.apgd_iterations},
+               "pgd": {"restarts": settings.pgd_restarts}}
     fingerprint = checkpoint_fingerprint(checkpoint, len(test_set), options)
     cache = FlagCache(os.path.join(settings.cache_dir or os.path.join(settings.out_dir, "flags"), f"{name}-{fingerprint}"))
     progress = settings.progress
@@ -114,7 +116,7 @@ def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: tor
     }
     warnings_found = sanity.check_white_box(result)
     if settings.large_eps:
-        large = cache.get(f"white_pgd_{settings.large_eps:g}", lambda: attack_flags(
+        large = cache.get(f"sanity_pgd50_{settings.large_eps:g}", lambda: attack_flags(
             ensemble, loader, "pgd", settings.large_eps, device, options={"steps": 50, "step_size": settings.large_eps / 20}, progress=progress))
         result["large_eps"] = {"eps": settings.large_eps, "attack": "pgd-50", **summarize(clean, large)}
         warnings_found += sanity.check_large_eps(result["large_eps"]["all"], settings.large_eps)

@@ -7,6 +7,8 @@ import os
 
 import matplotlib
 
+from .attacks import LABELS
+
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -20,14 +22,14 @@ def markdown_table(results: dict[str, dict]) -> str:
     for attack, by_eps in first["attacks"].items():
         for eps in by_eps:
             cells = [f"{100 * results[m]['attacks'][attack][eps]['all']:.2f}" for m in methods]
-            lines.append(f"| {attack.upper()} | {eps:g} | " + " | ".join(cells) + " |")
+            lines.append(f"| {LABELS.get(attack, attack)} | {eps:g} | " + " | ".join(cells) + " |")
     for eps in first.get("worst", {}):
-        lines.append(f"| worst case | {eps:g} | " + " | ".join(f"{100 * results[m]['worst'][eps]['all']:.2f}" for m in methods) + " |")
+        lines.append(f"| **worst case** (per sample, all attacks above) | {eps:g} | " + " | ".join(f"{100 * results[m]['worst'][eps]['all']:.2f}" for m in methods) + " |")
     for surrogate, by_attack in first.get("black_box", {}).items():
         for attack, by_eps in by_attack.items():
             for eps in by_eps:
                 cells = [f"{100 * results[m]['black_box'][surrogate][attack][eps]['all']:.2f}" for m in methods]
-                lines.append(f"| black-box {attack.upper()} from {surrogate} | {eps:g} | " + " | ".join(cells) + " |")
+                lines.append(f"| black-box {LABELS.get(attack, attack)} from {surrogate} | {eps:g} | " + " | ".join(cells) + " |")
     for eps in first.get("tsr", {}):
         lines.append(f"| TSR (PGD) | {eps:g} | " + " | ".join(f"{results[m]['tsr'][eps]['tsr']:.2f}" for m in methods) + " |")
     return "\n".join(lines) + "\n"
@@ -42,7 +44,7 @@ def plot_robustness(results: dict[str, dict], path: str) -> None:
             eps_values = sorted(result["attacks"][attack])
             axis.plot([0] + eps_values, [100 * result["clean"]] + [100 * result["attacks"][attack][e]["all"] for e in eps_values],
                       marker="o", label=method)
-        axis.set(title=attack.upper(), xlabel="eps (L-inf, pixel units)", ylabel="accuracy (%)", ylim=(0, 100))
+        axis.set(title=LABELS.get(attack, attack), xlabel="eps (L-inf, pixel units)", ylabel="accuracy (%)", ylim=(0, 100))
         axis.grid(alpha=0.3)
     axes[0][0].legend()
     figure.tight_layout()

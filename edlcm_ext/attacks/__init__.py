@@ -54,6 +54,11 @@ class Attack:
 
 
 ATTACKS: dict[str, Callable[..., Attack]] = {}
+# Named groups for --attacks. "strong": the AutoAttack-style gradient attacks whose per-sample worst
+# case is the headline; "default": those plus the paper's weaker attacks, reported as extra rows.
+PRESETS = {"strong": ("apgd", "apgd-dlr"), "default": ("fgsm", "bim", "pgd", "apgd", "apgd-dlr")}
+# How tables name each attack at its defaults (the paper's PGD is short and weak: say so).
+LABELS = {"fgsm": "FGSM", "bim": "BIM-10", "pgd": "PGD-10 (paper's, weak)", "apgd": "APGD-CE", "apgd-dlr": "APGD-DLR"}
 
 
 def register(name: str):
@@ -67,10 +72,22 @@ def register(name: str):
     return decorator
 
 
+def expand_attack_names(names) -> list[str]:
+    """Attack names with presets expanded, in order, without repeats; unknown names raise ValueError."""
+    expanded = []
+    for name in names:
+        for attack in PRESETS.get(name, (name,)):
+            if attack not in ATTACKS:
+                raise ValueError(f"unknown attack {attack!r}; choose from {sorted(ATTACKS)} or a preset {sorted(PRESETS)}")
+            if attack not in expanded:
+                expanded.append(attack)
+    return expanded
+
+
 def build_attack(name: str, model: nn.Module, eps: float, **options) -> Attack:
     if name not in ATTACKS:
         raise ValueError(f"attack must be one of {sorted(ATTACKS)}, got {name!r}")
     return ATTACKS[name](model, eps, **options)
 
 
-from . import apgd, fgsm, pgd  # noqa: E402,F401  (registers the attacks)
+from . import apgd, apgd_dlr, fgsm, pgd  # noqa: E402,F401  (registers the attacks)

@@ -20,7 +20,7 @@ def checkpoints(iterations: int) -> list[int]:
 class APGD(Attack):
     """APGD with the CE loss (Croce & Hein 2020), L-inf, untargeted: momentum 0.75, step size 2*eps
     halved at checkpoints when fewer than rho = 0.75 of the steps since the last checkpoint raised
-    the loss, or when neither the step size nor the best loss changed; each halving restarts from
+    the loss over the previous iterate (the paper's condition 1), or when neither the step size nor the best loss changed; each halving restarts from
     the best point. ``iterations`` (default 100) and ``restarts`` (random starts, default 1).
     """
 
@@ -54,13 +54,14 @@ class APGD(Attack):
         x_previous = x_adv
         x_adv = self.project(x_adv + step.view(view) * gradient.sign(), x)
         loss_at_last_mark, step_at_last_mark = best_loss.clone(), step.clone()
-        increases, last_mark = torch.zeros_like(loss), 0
+        increases, last_mark, previous_loss = torch.zeros_like(loss), 0, best_loss.clone()
         for iteration in range(1, self.iterations):
             loss, gradient, output = self.loss_and_gradient(x_adv, y)
             now_fooled = output.argmax(1) != y
             x_fooled[now_fooled & ~fooled] = x_adv[now_fooled & ~fooled]
             fooled |= now_fooled
-            increases += (loss > best_loss).float()
+            increases += (loss > previous_loss).float()  # condition 1: steps that raised the loss over the last
+            previous_loss = loss
             improved = loss > best_loss
             x_best[improved], best_loss[improved] = x_adv[improved], loss[improved]
             if iteration in marks:

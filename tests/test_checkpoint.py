@@ -1,0 +1,101 @@
+"""Checkpoints never run code: weights_only loading everywhere, clear errors, old formats upgraded."""
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+from edlcm_ext.checkpoint import CheckpointError, atomic_save, load_data_file, read_checkpoint
+from edlcm_ext.cli import main as cli_main
+from edlcm_ext.data import DIGITS_INFO
+from edlcm_ext.train import TrainConfig, build_ensemble, load_checkpoint, train
+
+
+class CreatesFileWhenUnpickled:
+    """A pickle payload: unpickling calls open(path, "w"), which creates the file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def payload_checkpoint(tmp_path):
+    marker = str(tmp_path / "payload-ran")
+    path = str(tmp_path / "evil.pt")
+    ensemble = build_ensemble(TrainConfig(method="base", dataset="digits"), DIGITS_INFO)
+    torch.save({"epoch": 0, "ensemble": ensemble.state_dict(), "config": {"method": "base", "payload": CreatesFileWhenUnpickled(marker)},
+                "info": dataclasses.asdict(DIGITS_INFO)}, path)
+    assert not os.path.exists(marker)
+    return path, marker
+
+
+def test_pickle_payload_does_not_run_through_the_python_api(tmp_path):
+    path, marker = payload_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=f"{path}: refused to load: it holds Python objects"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_data_file(path)
+    assert not os.path.exists(marker)
+
+
+def test_pickle_payload_does_not_run_through_the_cli(tmp_path, capsys):
+    path, marker = payload_checkpoint(tmp_path)
+    code = cli_main(["eval", "--checkpoint", path, "--out-dir", str(tmp_path / "eval"), "--no-progress"])
+    assert code == 2
+    assert f"edlcm eval: error: {path}: refused to load" in capsys.readouterr().err
+    assert not os.path.exists(marker)
+
+
+def test_pickle_payload_does_not_run_on_resume(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    path, marker = payload_checkpoint(tmp_path)
+    os.replace(path, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="refused to load"):
+        train(TrainConfig(method="base", dataset="digits", epochs=1, out_dir=str(run), progress=False), resume=True)
+    assert not os.path.exists(marker)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [({"weights": torch.zeros(2)}, r"not an edlcm-ext trainer checkpoint \(expected keys"),
+     ([1, 2, 3], "not an edlcm-ext trainer checkpoint"),
+     (b"not a zip", "not a readable torch checkpoint")],
+)
+def test_files_that_are_not_our_checkpoints_get_one_clear_error(tmp_path, content, message):
+    path = str(tmp_path / "other.pt")
+    if isinstance(content, bytes):
+        with open(path, "wb") as out:
+            out.write(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(CheckpointError, match=f"{path}: {message}"):
+        read_checkpoint(path)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match="nope.pt: no such file"):
+        read_checkpoint(str(tmp_path / "nope.pt"))
+
+
+def test_checkpoints_we_write_load_with_weights_only_and_record_the_convention(tmp_path):
+    train(TrainConfig(method="edlcm", dataset="digits", epochs=1, train_subset=128, out_dir=str(tmp_path / "run"), progress=False,
+                      method_options={"every": 2}))
+    raw = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert raw["format"] == 2 and raw["config"]["method_options"] == {"reduction": "mean", "every": 2}
+    assert raw["method_state"]["_extra_state"]["calls"] == 2  # 128 images / batch 64
+
+
+def test_old_format_edlcm_checkpoint_loads_as_the_sum_convention(tmp_path):
+    """Format-1 checkpoints (before `reduction` existed) were trained under "sum"."""
+    train(TrainConfig(method="edlcm", dataset="digits", epochs=1, train_subset=128, out_dir=str(tmp_path / "run"), progress=False))
+    path = str(tmp_path / "run" / "checkpoint.pt")
+    old = torch.load(path, weights_only=True)
+    del old["format"], old["method_state"]
+    old["config"]["method_options"] = {}
+    atomic_save(old, path)
+    _, config, _, _ = load_checkpoint(path)
+    assert config.method_options == {"reduction": "sum"}
