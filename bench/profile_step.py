@@ -12,7 +12,9 @@ import argparse
 from collections import defaultdict
 
 import torch
-from step import CONFIGS, MODES, make_batch, make_ensemble, make_step, record_markdown
+from step import BASE_MODES, CONFIGS, make_batch, make_ensemble, make_step, record_markdown
+
+MODES = ("plain", "reference", "fused", "first_order")
 
 KINDS = (("batch_norm", ("batchnorm", "batch_norm")), ("convolution", ("convolution", "conv2d", "mkldnn")),
          ("max_pool", ("max_pool", "maxpool")), ("relu", ("relu", "threshold")), ("linear", ("addmm", "linear", "mm")))
@@ -26,8 +28,8 @@ def kind_of(name: str) -> str:
 
 def profile(mode: str, config, steps: int) -> dict[str, float]:
     device = torch.device("cpu")
-    x, y = make_batch(config, device)
-    step = make_step(mode, make_ensemble(config, device))
+    x, y = make_batch(config, device, BASE_MODES[mode])
+    step = make_step(BASE_MODES[mode], make_ensemble(config, device, BASE_MODES[mode]))
     step(x, y)
     with torch.profiler.profile() as prof:
         for _ in range(steps):

@@ -10,8 +10,12 @@ like on one machine in one run. A step is zero_grad + loss + backward + optimize
 - plain:     sum_m CE_m (the Base ensemble, eq 2)
 - reference: EDLCM (eq 11) in plain PyTorch, edlcm_ext.reference
 - fused:     EDLCM through edlcm_ext.HvpCurvatureLoss (fused BatchNorm double backward + fused statistics)
+- every4:    HvpCurvatureLoss(every=4); one sample times 4 consecutive steps, divided by 4
+- fraction25: HvpCurvatureLoss(batch_fraction=0.25)
 - first_order: HvpCurvatureLoss(gradient="first_order"), the approximate mode with no double backward
   (its agreement with the exact gradient: bench/first_order.py)
+Each mode also runs in channels_last (suffix _cl: models and inputs), and with --amp under autocast
+(suffix _amp: bf16 on CPU, bf16 on CUDA). Ratios are against the best plain configuration measured.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
+from dataclasses import replace as dataclass_replace
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +41,35 @@ import edlcm_ext
 from edlcm_ext.models import build_model
 from edlcm_ext.reference import edlcm_terms
 
-MODES = ("plain", "reference", "fused", "first_order")
+@dataclass(frozen=True)
+class Mode:
+    loss: str  # plain | reference | fused | first_order
+    channels_last: bool = False
+    amp: bool = False
+    every: int = 1
+    batch_fraction: float = 1.0
+
+
+BASE_MODES = {"plain": Mode("plain"), "reference": Mode("reference"), "fused": Mode("fused"),
+              "every4": Mode("fused", every=4), "fraction25": Mode("fused", batch_fraction=0.25),
+              "first_order": Mode("first_order")}
+# Layout and precision variants a speed-minded user runs: the best plain one is the baseline.
+LAYOUT_MODES = ("plain", "reference", "fused", "every4")
+AMP_MODES = ("plain", "fused", "every4")
+
+
+def mode_table(amp: bool) -> dict[str, Mode]:
+    modes = dict(BASE_MODES)
+    for name in LAYOUT_MODES:
+        modes[f"{name}_cl"] = dataclass_replace(BASE_MODES[name], channels_last=True)
+    if amp:
+        for name in AMP_MODES:
+            modes[f"{name}_amp"] = dataclass_replace(BASE_MODES[name], amp=True)
+            modes[f"{name}_cl_amp"] = dataclass_replace(BASE_MODES[name], amp=True, channels_last=True)
+    return modes
+
+
+MODES = mode_table(amp=False)
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -58,33 +91,39 @@ CONFIGS = {
 QUICK_CONFIGS = {**CONFIGS, "resnet18": Config("resnet18-b8", "resnet18", members=3, classes=100, batch=8)}
 
 
-def make_ensemble(config: Config, device: torch.device, seed: int = 0) -> list[torch.nn.Module]:
+def memory_format(mode: Mode) -> torch.memory_format:
+    return torch.channels_last if mode.channels_last else torch.contiguous_format
+
+
+def make_ensemble(config: Config, device: torch.device, mode: Mode = BASE_MODES["plain"], seed: int = 0) -> list[torch.nn.Module]:
     torch.manual_seed(seed)
-    return [build_model(config.arch, config.classes).to(device).train() for _ in range(config.members)]
+    return [build_model(config.arch, config.classes).to(device, memory_format=memory_format(mode)).train() for _ in range(config.members)]
 
 
-def make_batch(config: Config, device: torch.device, seed: int = 1):
+def make_batch(config: Config, device: torch.device, mode: Mode = BASE_MODES["plain"], seed: int = 1):
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(config.batch, 3, config.image, config.image, generator=generator)
     y = torch.randint(0, config.classes, (config.batch,), generator=generator)
-    return x.to(device), y.to(device)
+    return x.to(device, memory_format=memory_format(mode)), y.to(device)
 
 
-def make_step(mode: str, models: list[torch.nn.Module]):
+def make_step(mode: Mode, models: list[torch.nn.Module]):
     """A closure running one training step of ``mode`` on (x, y)."""
     params = [p for m in models for p in m.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=5e-4)
-    regularizer = edlcm_ext.HvpCurvatureLoss(gradient="first_order" if mode == "first_order" else "exact")
+    regularizer = edlcm_ext.HvpCurvatureLoss(gradient="first_order" if mode.loss == "first_order" else "exact",
+                                            every=mode.every, batch_fraction=mode.batch_fraction)
 
     def loss_of(x, y):
-        if mode == "plain":
+        if mode.loss == "plain":
             return sum(F.cross_entropy(m(x), y) for m in models)
-        terms = edlcm_terms(models, x, y) if mode == "reference" else regularizer.terms(models, x, y)
+        terms = edlcm_terms(models, x, y) if mode.loss == "reference" else regularizer.terms(models, x, y)
         return terms.ece + terms.total
 
     def step(x, y):
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_of(x, y)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=mode.amp):
+            loss = loss_of(x, y)
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -97,30 +136,32 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(config: Config, device: torch.device, modes, repeats: int, warmup: int) -> dict[str, float]:
-    """Median seconds per step of each mode, modes interleaved round-robin."""
-    x, y = make_batch(config, device)
-    steps = {mode: make_step(mode, make_ensemble(config, device)) for mode in modes}
-    for mode in modes:
-        for _ in range(warmup):
-            steps[mode](x, y)
-    samples = {mode: [] for mode in modes}
+def time_steps(config: Config, device: torch.device, modes: dict[str, Mode], repeats: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step of each mode, modes interleaved round-robin; a sample of an every=k
+    mode times k consecutive steps (one regularized, k-1 not) and divides by k."""
+    batches = {name: make_batch(config, device, mode) for name, mode in modes.items()}
+    steps = {name: make_step(mode, make_ensemble(config, device, mode)) for name, mode in modes.items()}
+    for name, mode in modes.items():
+        for _ in range(warmup * mode.every):
+            steps[name](*batches[name])
+    samples = {name: [] for name in modes}
     for _ in range(repeats):
-        for mode in modes:
+        for name, mode in modes.items():
             synchronize(device)
             start = time.perf_counter()
-            steps[mode](x, y)
+            for _ in range(mode.every):
+                steps[name](*batches[name])
             synchronize(device)
-            samples[mode].append(time.perf_counter() - start)
-    return {mode: statistics.median(values) for mode, values in samples.items()}
+            samples[name].append((time.perf_counter() - start) / mode.every)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def peak_memory_mib(config: Config, device: torch.device, mode: str) -> float:
+def peak_memory_mib(config: Config, device: torch.device, name: str, mode: Mode) -> float:
     """Peak memory a step adds on top of what is live before it (CUDA: the allocator's peak; CPU: the
     peak resident size of a fresh process, sampled during the step)."""
     if device.type == "cuda":
-        x, y = make_batch(config, device)
-        step = make_step(mode, make_ensemble(config, device))
+        x, y = make_batch(config, device, mode)
+        step = make_step(mode, make_ensemble(config, device, mode))
         step(x, y)  # optimizer state allocated
         synchronize(device)
         baseline = torch.cuda.memory_allocated(device)
@@ -129,15 +170,15 @@ def peak_memory_mib(config: Config, device: torch.device, mode: str) -> float:
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - baseline) / 2**20
     # CPU: torch has no allocator statistics, so measure the peak RSS of a fresh process.
-    command = [sys.executable, os.path.abspath(__file__), "--memory-probe", json.dumps(asdict(config)), mode]
+    command = [sys.executable, os.path.abspath(__file__), "--memory-probe", json.dumps(asdict(config)), json.dumps(asdict(mode))]
     return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
 
-def memory_probe(config_json: str, mode: str) -> None:
-    config = Config(**json.loads(config_json))
+def memory_probe(config_json: str, mode_json: str) -> None:
+    config, mode = Config(**json.loads(config_json)), Mode(**json.loads(mode_json))
     device = torch.device("cpu")
-    x, y = make_batch(config, device)
-    step = make_step(mode, make_ensemble(config, device))
+    x, y = make_batch(config, device, mode)
+    step = make_step(mode, make_ensemble(config, device, mode))
     step(x, y)  # libraries initialized, optimizer state allocated
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so RSS is what is live
     before = _current_rss_mib()
@@ -161,7 +202,7 @@ def _current_rss_mib() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def epoch_seconds(config: Config, device: torch.device, mode: str, images: int) -> float:
+def epoch_seconds(config: Config, device: torch.device, mode: Mode, images: int) -> float:
     """Wall time of one epoch of ``images`` random images (a DataLoader as in training)."""
     generator = torch.Generator().manual_seed(2)
     dataset = torch.utils.data.TensorDataset(
@@ -169,11 +210,11 @@ def epoch_seconds(config: Config, device: torch.device, mode: str, images: int) 
         torch.randint(0, config.classes, (images,), generator=generator),
     )
     loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch, shuffle=True, drop_last=True)
-    step = make_step(mode, make_ensemble(config, device))
+    step = make_step(mode, make_ensemble(config, device, mode))
     synchronize(device)
     start = time.perf_counter()
     for x, y in loader:
-        step(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+        step(x.to(device, memory_format=memory_format(mode), non_blocking=True), y.to(device, non_blocking=True))
     synchronize(device)
     return time.perf_counter() - start
 
@@ -207,19 +248,23 @@ def run(args) -> dict:
     device = torch.device(args.device)
     configs = QUICK_CONFIGS if args.quick else CONFIGS
     repeats, warmup = (3, 1) if args.quick else (args.repeats, 2)
+    modes = mode_table(args.amp)
+    if args.modes:
+        modes = {name: modes[name] for name in args.modes.split(",")}
     report = {"machine": machine_description(device), "quick": args.quick, "results": []}
     for name in args.configs.split(","):
         config = configs[name]
-        times = time_steps(config, device, MODES, repeats, warmup)
-        row = {"config": asdict(config), "step_seconds": times,
-               "fused_vs_reference": times["reference"] / times["fused"],
-               "fused_over_plain": times["fused"] / times["plain"],
-               "reference_over_plain": times["reference"] / times["plain"]}
+        times = time_steps(config, device, modes, repeats, warmup)
+        best_plain = min((name for name in times if modes[name].loss == "plain"), key=times.get)
+        row = {"config": asdict(config), "step_seconds": times, "best_plain": best_plain,
+               "over_best_plain": {name: t / times[best_plain] for name, t in times.items()},
+               "fused_vs_reference": {suffix or "contiguous": times["reference" + suffix] / times["fused" + suffix]
+                                      for suffix in ("", "_cl") if "reference" + suffix in times and "fused" + suffix in times}}
         if not args.no_memory:
-            row["peak_mib"] = {mode: peak_memory_mib(config, device, mode) for mode in MODES}
+            row["peak_mib"] = {name: peak_memory_mib(config, device, name, mode) for name, mode in modes.items()}
         if args.epoch_images:
             row["epoch_images"] = args.epoch_images
-            row["epoch_seconds"] = {mode: epoch_seconds(config, device, mode, args.epoch_images) for mode in MODES}
+            row["epoch_seconds"] = {name: epoch_seconds(config, device, mode, args.epoch_images) for name, mode in modes.items()}
         report["results"].append(row)
         print(format_row(row), flush=True)
     return report
@@ -228,15 +273,15 @@ def run(args) -> dict:
 def format_row(row: dict) -> str:
     c, t = row["config"], row["step_seconds"]
     lines = [f"{c['name']}: {c['members']}x {c['arch']}, batch {c['batch']}, {c['image']}x{c['image']}x3, {c['classes']} classes",
-             "| mode | step (s) | x plain |" + (" peak (MiB) |" if "peak_mib" in row else "")
+             f"| mode | step (s) | x best plain ({row['best_plain']}) |" + (" peak (MiB) |" if "peak_mib" in row else "")
              + (f" epoch of {row['epoch_images']} images (s) |" if "epoch_seconds" in row else ""),
              "|---|---|---|" + ("---|" if "peak_mib" in row else "") + ("---|" if "epoch_seconds" in row else "")]
-    for mode in MODES:
-        line = f"| {mode} | {t[mode]:.4f} | {t[mode] / t['plain']:.2f} |"
+    for mode in t:
+        line = f"| {mode} | {t[mode]:.4f} | {row['over_best_plain'][mode]:.2f} |"
         line += f" {row['peak_mib'][mode]:.0f} |" if "peak_mib" in row else ""
         line += f" {row['epoch_seconds'][mode]:.2f} |" if "epoch_seconds" in row else ""
         lines.append(line)
-    lines.append(f"fused vs reference: {row['fused_vs_reference']:.2f}x faster")
+    lines += [f"fused vs reference ({layout}): {ratio:.2f}x faster" for layout, ratio in row["fused_vs_reference"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -286,6 +331,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--json", help="write the full report to this JSON file")
     parser.add_argument("--record", action="store_true", help="write the report under bench/results/")
+    parser.add_argument("--amp", action="store_true", help="also the bf16 autocast variants (_amp)")
+    parser.add_argument("--modes", help="comma-separated subset of the modes (default: all)")
     parser.add_argument("--memory-probe", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_probe:

@@ -14,8 +14,8 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 @pytest.mark.parametrize("config", ["small_cnn", "resnet18"])
 def test_training_step(benchmark, config, mode):
     chosen = CONFIGS[config] if DEVICE.type == "cuda" else QUICK_CONFIGS[config]
-    x, y = make_batch(chosen, DEVICE)
-    step = make_step(mode, make_ensemble(chosen, DEVICE))
+    x, y = make_batch(chosen, DEVICE, MODES[mode])
+    step = make_step(MODES[mode], make_ensemble(chosen, DEVICE, MODES[mode]))
 
     def synchronized_step():
         step(x, y)

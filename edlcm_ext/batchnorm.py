@@ -65,7 +65,10 @@ def batch_norm(
     """``F.batch_norm`` whose backward (and double backward) runs on the fused kernels."""
     if not training and (running_mean is None or running_var is None):
         raise ValueError("batch_norm: running_mean and running_var are required when training=False")
-    if input.dtype not in (torch.float32, torch.float64):  # e.g. AMP: keep PyTorch's own path
+    if training:  # F.batch_norm's own check ("Expected more than 1 value per channel when training")
+        F._verify_batch_size(input.size())
+    if input.dtype not in (torch.float32, torch.float64) or input.numel() == 0:
+        # AMP dtypes and empty batches: PyTorch's own path, with its behaviour
         return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     return _FusedBatchNormFunction.apply(input, weight, bias, running_mean, running_var, training, momentum, eps)
 

@@ -143,7 +143,7 @@ def command_eval(args: argparse.Namespace) -> int:
         checkpoints=args.checkpoint, names=args.name or None, attacks=args.attacks, eps=args.eps, tsr_eps=args.tsr_eps,
         surrogates=args.surrogate, large_eps=args.large_eps, max_samples=args.max_samples, batch_size=args.batch_size,
         data_dir=args.data_dir, out_dir=args.out_dir, cache_dir=args.cache_dir, device=args.device, apgd_iterations=args.apgd_iterations,
-        pgd_restarts=args.pgd_restarts, progress=not args.no_progress)
+        pgd_restarts=args.pgd_restarts, curvature=args.curvature, progress=not args.no_progress)
     try:
         results, paths = run_evaluation(settings)
     except CheckpointError as error:
@@ -189,6 +189,9 @@ def main(argv=None) -> int:
     evaluation.add_argument("--device", type=_device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     evaluation.add_argument("--apgd-iterations", type=int, default=100)
     evaluation.add_argument("--pgd-restarts", type=int, default=1)
+    evaluation.add_argument("--curvature", type=int, default=0, metavar="N",
+                            help="curvature diagnostics on N test samples (>= 200 advised): mean |u| (eq 9), cosine of "
+                                 "members' u (eq 10), input-Hessian lambda_max by power iteration")
     evaluation.add_argument("--no-progress", action="store_true")
     evaluation.set_defaults(run=command_eval)
     args = parser.parse_args(argv)

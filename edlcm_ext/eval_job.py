@@ -24,6 +24,7 @@ from .evaluate import (attack_flags, correct_flags, craft, still_correct, summar
                        transferability_success_rate)
 from .report import write_report
 from .checkpoint import atomic_save, load_data_file
+from .curvature import curvature_diagnostics
 from .train import load_checkpoint
 
 # PDD's evaluation radii (pixel units of [0, 1] images); digits are coarse 8x8 images.
@@ -48,6 +49,7 @@ class EvalSettings:
     device: str = "auto"
     apgd_iterations: int = 100
     pgd_restarts: int = 1
+    curvature: int = 0  # > 0: curvature diagnostics (|u|, cosines, lambda_max) on this many test samples
     progress: bool = True
 
 
@@ -145,6 +147,14 @@ def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: tor
         for eps in settings.tsr_eps:
             matrix = cache.get(f"transfer_pgd_{eps:g}", lambda eps=eps: transfer_matrix(list(ensemble.members), loader, eps, device, progress=progress))
             result["tsr"][eps] = {"matrix": matrix.tolist(), "tsr": transferability_success_rate(matrix)}
+    if settings.curvature:
+        path = os.path.join(cache.folder, f"curvature_{settings.curvature}.json")
+        if not os.path.exists(path):
+            stats = curvature_diagnostics(list(ensemble.members), loader, device, max_samples=settings.curvature)
+            with open(path, "w") as out:
+                json.dump(stats, out)
+        with open(path) as cached:
+            result["curvature"] = json.load(cached)
     result["warnings"] = warnings_found
     for message in warnings_found:
         warnings.warn(f"{name}: {message}", stacklevel=2)

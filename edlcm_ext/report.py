@@ -32,6 +32,12 @@ def markdown_table(results: dict[str, dict]) -> str:
                 lines.append(f"| black-box {LABELS.get(attack, attack)} from {surrogate} | {eps:g} | " + " | ".join(cells) + " |")
     for eps in first.get("tsr", {}):
         lines.append(f"| TSR (PGD) | {eps:g} | " + " | ".join(f"{results[m]['tsr'][eps]['tsr']:.2f}" for m in methods) + " |")
+    if "curvature" in first:
+        for key, label in (("u_norm", "curvature: mean |u| (eq 9)"), ("u_cosine", "curvature: mean cos(u_i, u_j) (eq 10)"),
+                           ("lambda_max", "curvature: mean / median lambda_max")):
+            cells = [f"{results[m]['curvature'][key]['mean']:.4g}" + (f" / {results[m]['curvature'][key]['median']:.4g}"
+                     if key == "lambda_max" else "") for m in methods]
+            lines.append(f"| {label} | - | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -43,7 +43,7 @@ def test_pickle_payload_does_not_run_through_the_python_api(tmp_path):
 
 def test_pickle_payload_does_not_run_through_the_cli(tmp_path, capsys):
     path, marker = payload_checkpoint(tmp_path)
-    code = cli_main(["eval", "--checkpoint", path, "--out-dir", str(tmp_path / "eval"), "--no-progress"])
+    code = cli_main(["eval", "--checkpoint", path, "--out-dir", str(tmp_path / "eval"), "--no-progress", "--device", "cpu"])
     assert code == 2
     assert f"edlcm eval: error: {path}: refused to load" in capsys.readouterr().err
     assert not os.path.exists(marker)
@@ -55,7 +55,7 @@ def test_pickle_payload_does_not_run_on_resume(tmp_path):
     path, marker = payload_checkpoint(tmp_path)
     os.replace(path, run / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="refused to load"):
-        train(TrainConfig(method="base", dataset="digits", epochs=1, out_dir=str(run), progress=False), resume=True)
+        train(TrainConfig(method="base", dataset="digits", epochs=1, out_dir=str(run), progress=False, device="cpu"), resume=True)
     assert not os.path.exists(marker)
 
 
@@ -83,7 +83,7 @@ def test_missing_file_is_named(tmp_path):
 
 def test_checkpoints_we_write_load_with_weights_only_and_record_the_convention(tmp_path):
     train(TrainConfig(method="edlcm", dataset="digits", epochs=1, train_subset=128, out_dir=str(tmp_path / "run"), progress=False,
-                      method_options={"every": 2}))
+                      device="cpu", method_options={"every": 2}))
     raw = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert raw["format"] == 2 and raw["config"]["method_options"] == {"reduction": "mean", "every": 2}
     assert raw["method_state"]["_extra_state"]["calls"] == 2  # 128 images / batch 64
@@ -91,7 +91,7 @@ def test_checkpoints_we_write_load_with_weights_only_and_record_the_convention(t
 
 def test_old_format_edlcm_checkpoint_loads_as_the_sum_convention(tmp_path):
     """Format-1 checkpoints (before `reduction` existed) were trained under "sum"."""
-    train(TrainConfig(method="edlcm", dataset="digits", epochs=1, train_subset=128, out_dir=str(tmp_path / "run"), progress=False))
+    train(TrainConfig(method="edlcm", dataset="digits", epochs=1, train_subset=128, out_dir=str(tmp_path / "run"), progress=False, device="cpu"))
     path = str(tmp_path / "run" / "checkpoint.pt")
     old = torch.load(path, weights_only=True)
     del old["format"], old["method_state"]

@@ -83,3 +83,27 @@ def test_double_backward_raises_clear_error():
 def test_bad_input_is_rejected(u, message):
     with pytest.raises(RuntimeError, match=message):
         ops.curvature_stats(u)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_at_training_sizes_against_float64(device):
+    """D = 3*32*32*6 = 18,432 (a CIFAR input gradient; 72 blocks of 256 on the CUDA grid's y and
+    past the CPU grain), B = 64, M = 3: float32 forward and backward against float64 ground truth.
+    Tolerance: float32 dot products of 18k terms err by ~sqrt(D)*2^-24 ~ 1e-5 relative; 1e-4 leaves
+    margin, while a dropped or doubled term (relative error >= 1/D ~ 5e-5 per element, far more
+    for a wrong coefficient) in a norm or cosine would exceed it."""
+    generator = torch.Generator().manual_seed(0)
+    u64 = torch.randn(3, 64, 18_432, generator=generator, dtype=torch.float64)
+    u64[1] += 0.5 * u64[0]  # correlated members: cosines away from 0
+    grad_sq = torch.randn(3, 64, generator=generator, dtype=torch.float64)
+    grad_cos = torch.randn(3, 64, generator=generator, dtype=torch.float64)
+    results = {}
+    for dtype in (torch.float32, torch.float64):
+        u = u64.to(device=device, dtype=dtype).requires_grad_(True)
+        sq_norms, cosines = ops.curvature_stats(u)
+        weighted = (sq_norms * grad_sq.to(u)).sum() + (cosines * grad_cos.to(u)).sum()
+        (grad_u,) = torch.autograd.grad(weighted, u)
+        results[dtype] = [t.detach().double().cpu() for t in (sq_norms, cosines, grad_u)]
+    for ours, truth in zip(results[torch.float32], results[torch.float64]):
+        torch.testing.assert_close(ours, truth, rtol=1e-4, atol=1e-4 * truth.abs().max().item())
+    assert results[torch.float64][1][0].abs().mean() > 0.3  # the cosine pair (0, 1) is far from 0

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from edlcm_ext import eval_job, sanity
 from edlcm_ext.cli import main as cli_main
+from edlcm_ext.curvature import curvature_diagnostics, largest_hessian_eigenvalue
 from edlcm_ext.data import load_dataset
 from edlcm_ext.evaluate import attack_flags, transfer_matrix, transferability_success_rate
 from edlcm_ext.train import TrainConfig, train
@@ -21,7 +22,7 @@ from edlcm_ext.train import TrainConfig, train
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    ensemble = train(TrainConfig(method="base", dataset="digits", epochs=4, out_dir=str(out), progress=False)).ensemble
+    ensemble = train(TrainConfig(method="base", dataset="digits", epochs=4, out_dir=str(out), progress=False, device="cpu")).ensemble
     return ensemble.eval(), out / "checkpoint.pt"
 
 
@@ -93,10 +94,11 @@ def test_eval_cli_writes_table_plots_and_resumes_from_cache(trained_run, tmp_pat
     shutil.copyfile(checkpoint, surrogate)
     args = ["eval", "--checkpoint", str(checkpoint), "--checkpoint", str(checkpoint), "--name", "a", "--name", "b",
             "--attacks", "fgsm,pgd,apgd", "--eps", "0.05,0.1", "--max-samples", "64", "--tsr-eps", "0.1",
-            "--surrogate", str(surrogate), "--apgd-iterations", "5", "--out-dir", str(tmp_path), "--no-progress"]
+            "--surrogate", str(surrogate), "--apgd-iterations", "5", "--out-dir", str(tmp_path), "--no-progress", "--device", "cpu", "--curvature", "32"]
     assert cli_main(args) == 0
     table = (tmp_path / "table.md").read_text()
-    assert "| Attack | eps | a | b |" in table and "| APGD | 0.1 |" in table and "TSR (PGD)" in table
+    assert "| Attack | eps | a | b |" in table and "| APGD-CE | 0.1 |" in table and "TSR (PGD)" in table
+    assert "| PGD-10 (paper's, weak) | 0.1 |" in table and "| curvature: mean |u| (eq 9) | - |" in table
     for name in ("robustness.png", "transfer_a_eps0.1.png", "transfer_b_eps0.1.png"):
         assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
     saved = json.loads((tmp_path / "results.json").read_text())["results"]
@@ -104,8 +106,10 @@ def test_eval_cli_writes_table_plots_and_resumes_from_cache(trained_run, tmp_pat
     # A second run recomputes nothing: every per-sample result comes from the cache.
     with mock.patch.object(eval_job, "attack_flags", side_effect=AssertionError("recomputed")), \
          mock.patch.object(eval_job, "craft", side_effect=AssertionError("recomputed")), \
-         mock.patch.object(eval_job, "transfer_matrix", side_effect=AssertionError("recomputed")):
+         mock.patch.object(eval_job, "transfer_matrix", side_effect=AssertionError("recomputed")), \
+         mock.patch.object(eval_job, "curvature_diagnostics", side_effect=AssertionError("recomputed")):
         assert cli_main(args) == 0
+    assert saved["a"]["curvature"]["samples"] == 32
     assert json.loads((tmp_path / "results.json").read_text())["results"] == saved
     # A retrained surrogate (same path, new file) invalidates the black-box results only.
     os.utime(surrogate, (surrogate.stat().st_atime, surrogate.stat().st_mtime + 10))
@@ -113,3 +117,28 @@ def test_eval_cli_writes_table_plots_and_resumes_from_cache(trained_run, tmp_pat
          mock.patch.object(eval_job, "craft", wraps=eval_job.craft) as craft:
         assert cli_main(args) == 0
     assert craft.call_count == 3 * 2  # each attack and eps once, shared by both checkpoints
+
+
+def test_power_iteration_finds_the_largest_eigenvalue_of_a_known_hessian():
+    """Per-sample loss 0.5 x^T A_b x has Hessian A_b: eigenvalues chosen by hand, one dominant."""
+    torch.manual_seed(0)
+    dims, eigenvalues = 6, torch.tensor([[5.0, 1.0, 0.5, -0.3, 0.2, 0.1], [-0.4, 2.5, 0.9, 0.3, 0.2, -0.1]], dtype=torch.float64)
+    bases = [torch.linalg.qr(torch.randn(dims, dims, dtype=torch.float64))[0] for _ in range(2)]
+    hessians = torch.stack([q @ torch.diag(e) @ q.T for q, e in zip(bases, eigenvalues)])
+
+    def quadratic(x):
+        flat = x.flatten(1)
+        return 0.5 * torch.einsum("bi,bij,bj->b", flat, hessians, flat)
+
+    x = torch.randn(2, 2, 3, dtype=torch.float64)
+    found = largest_hessian_eigenvalue(quadratic, x, iterations=100)
+    torch.testing.assert_close(found, torch.tensor([5.0, 2.5], dtype=torch.float64), rtol=1e-6, atol=1e-8)
+
+
+def test_curvature_diagnostics_in_eval_report(trained_run, loader):
+    model, _ = trained_run
+    members = list(model.members)
+    stats = curvature_diagnostics(members, loader, torch.device("cpu"), iterations=5, max_samples=100)
+    assert stats["samples"] == 100 and stats["lambda_max"]["mean"] > 0 and stats["u_norm"]["mean"] > 0
+    assert -1 <= stats["u_cosine"]["mean"] <= 1
+    assert all(not m.training for m in members)  # mode restored (the fixture's ensemble is in eval mode)

@@ -40,7 +40,8 @@ def test_parameter_gradients_match_reference_float64(device, train):
     assert_grads_close(parameter_grads(models, terms.ece + terms.total), parameter_grads(reference_models, ref.ece + ref.total))
     for m, r in zip(models, reference_models):
         for name, buffer in m.named_buffers():
-            torch.testing.assert_close(buffer, dict(r.named_buffers())[name], rtol=0, atol=0)
+            # Same computation on both sides (native_batch_norm's update) but tolerant of a cuDNN path on CUDA.
+            torch.testing.assert_close(buffer, dict(r.named_buffers())[name], rtol=1e-12, atol=1e-12)
 
 
 def test_drop_in_usage_equals_terms():

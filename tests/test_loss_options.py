@@ -8,11 +8,12 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batch, ensemble
+from conftest import CUDA_SKIP_REASON, DEVICES, batch, ensemble
 
 from edlcm_ext import HvpCurvatureLoss, ops
 from edlcm_ext.batchnorm import fused_batchnorm
 from edlcm_ext.loss import DEFAULT_H
+from edlcm_ext.models import build_model
 from edlcm_ext.reference import edlcm_terms, input_gradient_differences, terms_from_statistics
 
 
@@ -213,3 +214,39 @@ def test_unbatched_image_gets_an_error_naming_x():
     x, y = batch(size=1)
     with pytest.raises(ValueError, match=r"x has shape \(3, 8, 8\).*x.unsqueeze\(0\)"):
         HvpCurvatureLoss()(models, x[0], y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_under_autocast_the_regularizer_keeps_float32_values(device):
+    """bf16 autocast around the step: the regularizer's passes run in float32 (default), so its
+    values equal the float32 ones to float32 round-off; opting in gives bf16-level agreement only."""
+    torch.manual_seed(0)
+    models = [build_model("small_cnn", 10).to(device).train() for _ in range(3)]
+    x, y = torch.rand(16, 3, 32, 32, device=device), torch.randint(0, 10, (16,), device=device)
+    reference = HvpCurvatureLoss().terms(copy.deepcopy(models), x, y)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        terms = HvpCurvatureLoss().terms(copy.deepcopy(models), x, y)
+        (terms.ece + terms.total).backward()
+        opted_in = HvpCurvatureLoss(autocast_regularizer=True).terms(copy.deepcopy(models), x, y)
+    for name in ("l_r", "l_g", "ece"):
+        torch.testing.assert_close(getattr(terms, name), getattr(reference, name), rtol=1e-4, atol=1e-7)
+    assert torch.isfinite(opted_in.total) and opted_in.l_r > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_SKIP_REASON)
+def test_cuda_step_makes_no_host_sync():
+    """A whole training step (checks, schedule, passes, stats, backward) with sync debug mode on:
+    any device-to-host synchronization raises. The first call is made before, since it runs the
+    once-in-1000-calls dominance check, which reads two values on purpose."""
+    models = [build_model("small_cnn", 10).cuda().train() for _ in range(3)]
+    x, y = torch.rand(16, 3, 32, 32, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+    loss = HvpCurvatureLoss(batch_fraction=0.5)
+    loss.terms(models, x, y)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        terms = loss.terms(models, x, y)
+        (terms.ece + terms.total).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()

@@ -16,7 +16,7 @@ from edlcm_ext.train import NonFiniteLossError, TrainConfig, atomic_save, load_c
 
 
 def config(tmp_path, **overrides):
-    values = dict(method="base", dataset="digits", epochs=1, out_dir=str(tmp_path / "run"), progress=False, train_subset=256)
+    values = dict(method="base", dataset="digits", epochs=1, out_dir=str(tmp_path / "run"), progress=False, train_subset=256, device="cpu")
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -124,7 +124,7 @@ def test_two_process_gloo_training_ends_with_identical_weights(tmp_path):
 
 
 def test_cli_train_runs_and_reports(tmp_path, capsys):
-    code = cli_main(["train", "--method", "deg", "--dataset", "digits", "--epochs", "1", "--train-subset", "128",
+    code = cli_main(["train", "--method", "deg", "--dataset", "digits", "--epochs", "1", "--train-subset", "128", "--device", "cpu",
                      "--out-dir", str(tmp_path / "cli"), "--set", "beta=0.05", "--no-progress"])
     assert code == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 1

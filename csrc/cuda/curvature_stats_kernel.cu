@@ -9,6 +9,8 @@
 #include <cub/block/block_reduce.cuh>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <tuple>
 
 #include "curvature_stats.h"
@@ -67,13 +69,25 @@ __global__ void curvature_stats_backward_kernel(
         M, B, grad_sq_norms + b, grad_cosines + b, sq_norms + b, cosines + b, eps, coeff);
   }
   __syncthreads();
-  const int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
-  if (d >= D) return;
-  for (int64_t m = 0; m < M; ++m) {
-    acc_t value = 0;
-    for (int64_t k = 0; k < M; ++k) value += coeff[m * M + k] * static_cast<acc_t>(u[(k * B + b) * D + d]);
-    grad_u[(m * B + b) * D + d] = static_cast<scalar_t>(value);
+  // grid.y is capped at 65535 blocks: loop over the rest of D.
+  for (int64_t d = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; d < D;
+       d += static_cast<int64_t>(gridDim.y) * blockDim.x) {
+    for (int64_t m = 0; m < M; ++m) {
+      acc_t value = 0;
+      for (int64_t k = 0; k < M; ++k) value += coeff[m * M + k] * static_cast<acc_t>(u[(k * B + b) * D + d]);
+      grad_u[(m * B + b) * D + d] = static_cast<scalar_t>(value);
+    }
   }
+}
+
+// Both kernels keep an M x M matrix of acc_t per sample in dynamic shared memory.
+void check_shared_memory(int64_t M, size_t acc_bytes, const char* op) {
+  constexpr size_t kDefaultSharedBytes = 48 * 1024;  // usable without an opt-in attribute
+  const size_t needed = static_cast<size_t>(M) * static_cast<size_t>(M) * acc_bytes;
+  TORCH_CHECK(needed <= kDefaultSharedBytes, op, ": ", M, " members need ", needed,
+              " bytes of shared memory per block (M*M accumulators), more than the ", kDefaultSharedBytes,
+              " available; use at most ", static_cast<int64_t>(std::sqrt(kDefaultSharedBytes / acc_bytes)),
+              " members in this dtype");
 }
 
 std::tuple<at::Tensor, at::Tensor> curvature_stats_cuda(const at::Tensor& u_in, double eps) {
@@ -87,6 +101,7 @@ std::tuple<at::Tensor, at::Tensor> curvature_stats_cuda(const at::Tensor& u_in, 
   if (M == 0 || B == 0) return {sq_norms, cosines};
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "curvature_stats_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    check_shared_memory(M, sizeof(acc_t), "curvature_stats");
     curvature_stats_forward_kernel<scalar_t, acc_t>
         <<<B, kThreads, M * M * sizeof(acc_t), at::cuda::getCurrentCUDAStream()>>>(
             u.const_data_ptr<scalar_t>(), sq_norms.mutable_data_ptr<scalar_t>(),
@@ -108,9 +123,11 @@ at::Tensor curvature_stats_backward_cuda(
   const int64_t M = u.size(0), B = u.size(1), D = u.size(2);
   at::Tensor grad_u = at::empty_like(u);
   if (u.numel() == 0) return grad_u;
-  const dim3 grid(B, (D + kThreads - 1) / kThreads);  // B on x: its limit is 2^31 - 1, y's is 65535
+  // B on x (limit 2^31 - 1); D on y, whose limit is 65535 blocks: the kernel loops over the excess.
+  const dim3 grid(B, std::min<int64_t>((D + kThreads - 1) / kThreads, 65535));
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "curvature_stats_backward_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, /*is_cuda=*/true>;
+    check_shared_memory(M, sizeof(acc_t), "_curvature_stats_backward");
     curvature_stats_backward_kernel<scalar_t, acc_t>
         <<<grid, kThreads, M * M * sizeof(acc_t), at::cuda::getCurrentCUDAStream()>>>(
             grad_sq_norms.const_data_ptr<scalar_t>(), grad_cosines.const_data_ptr<scalar_t>(),
