@@ -164,7 +164,7 @@ class HvpCurvatureLoss(nn.Module):
             terms = terms._replace(ece=terms.ece if ece is None else ece)
         else:
             terms = self._regularizer(models, x, y, check_logits, scale)
-        self._check_dominance(terms)
+        self._check_dominance(terms, x.shape[0])
         return terms._replace(total=terms.total * weight) if weight != 1 else terms
 
     def _regularizer(self, models, x, y, check_logits, scale: float) -> CurvatureTerms:
@@ -179,7 +179,7 @@ class HvpCurvatureLoss(nn.Module):
         sq_norms, cosines = ops.curvature_stats(u, self.eps)
         return terms_from_statistics(sq_norms, cosines, ece, self.alpha, self.beta, scale)
 
-    def _check_dominance(self, terms: CurvatureTerms) -> None:
+    def _check_dominance(self, terms: CurvatureTerms, terms_batch: int) -> None:
         """Warn once when alpha * L_r swamps the CE (a host sync, only every DOMINANCE_CHECK_INTERVAL)."""
         due = self._regularized_calls % DOMINANCE_CHECK_INTERVAL == 0
         self._regularized_calls += 1
@@ -188,12 +188,15 @@ class HvpCurvatureLoss(nn.Module):
         curvature, ce = self.alpha * float(terms.l_r.detach()), float(terms.ece.detach())
         if curvature > DOMINANCE_RATIO * ce:
             self._warned = True
+            if self.reduction == "sum":
+                fix = "use reduction='mean' (alpha under 'sum' = alpha under 'mean' / batch size), lower alpha"
+            else:  # under "mean" L_r scales as 1/B: a small batch makes it larger
+                fix = f"lower alpha (under 'mean' L_r scales as 1/batch size; this batch has {terms_batch})"
             warnings.warn(
                 f"HvpCurvatureLoss: alpha * L_r = {curvature:.4g} is {curvature / max(ce, 1e-12):.0f}x the ensemble "
                 f"cross-entropy ({ce:.4g}) with alpha={self.alpha:g} and reduction={self.reduction!r}: the curvature "
-                f"term swamps the classification loss, and such runs stall at chance or diverge to NaN. Lower alpha, "
-                f"use reduction='mean' (alpha under 'sum' = alpha under 'mean' / batch size), or ramp it in with "
-                f"alpha_warmup=<steps>.",
+                f"term swamps the classification loss, and such runs stall at chance or diverge to NaN. To fix: {fix}, "
+                f"or ramp it in with alpha_warmup=<steps>.",
                 RuntimeWarning,
                 stacklevel=4,  # the caller of terms() or forward()
             )

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from edlcm_ext import HvpCurvatureLoss
 from edlcm_ext.data import load_dataset
 
-CLASSES, PER_CLASS, SIZE = 4, 8, 32
+CLASSES, PER_CLASS, SIZE = 4, 32, 32
 
 
 def write_jpeg_tree(root):
@@ -38,7 +38,7 @@ def test_paper_defaults_train_torchvision_resnet18_without_warning(tmp_path):
     write_jpeg_tree(tmp_path)
     dataset, info = load_dataset("imagefolder", str(tmp_path), train=True)
     assert info.num_classes == CLASSES and info.image_size == SIZE
-    batches = list(DataLoader(dataset, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    batches = list(DataLoader(dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)))  # the paper's B
     torch.manual_seed(0)
     models = [torchvision.models.resnet18(num_classes=CLASSES).train() for _ in range(3)]
     optimizer = torch.optim.SGD([p for m in models for p in m.parameters()], lr=0.02, momentum=0.9)
@@ -65,5 +65,5 @@ def test_sum_convention_on_the_same_model_warns():
     torch.manual_seed(0)
     models = [torchvision.models.resnet18(num_classes=CLASSES).train() for _ in range(3)]
     x, y = torch.rand(64, 3, SIZE, SIZE), torch.randint(0, CLASSES, (64,))
-    with pytest.warns(RuntimeWarning, match="reduction='sum'.*reduction='mean'"):
+    with pytest.warns(RuntimeWarning, match="reduction='sum'.*use reduction='mean'"):
         HvpCurvatureLoss(alpha=1.0, reduction="sum").terms(models, x, y)
