@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from edlcm_ext import eval_job, sanity
+from edlcm_ext import eval_job, evaluate, sanity
 from edlcm_ext.cli import main as cli_main
 from edlcm_ext.curvature import curvature_diagnostics, largest_hessian_eigenvalue
 from edlcm_ext.data import load_dataset
@@ -49,6 +49,44 @@ def test_tsr_of_identical_members_equals_the_hand_computed_value(trained_run, lo
     by_hand = sum((3 - 1) * 100 * (1 - matrix[i, i].item()) for i in range(3)) / 3
     assert transferability_success_rate(matrix) == pytest.approx(by_hand)
     assert 0 < by_hand < 200
+
+
+class ConstantClassifier(nn.Module):
+    """Always predicts class 0, with zero input gradient: attacks crafted on it leave images unchanged."""
+
+    def forward(self, x):
+        logits = torch.zeros(x.shape[0], 10, device=x.device)
+        logits[:, 0] = 1.0
+        return logits + 0 * x.flatten(1).sum(dim=1, keepdim=True)
+
+
+def test_transfer_matrix_rows_are_sources_and_columns_targets(trained_run, loader):
+    """Member 0 is a real model, member 1 a constant one: examples crafted on 1 are the clean images,
+    so entry (1, 0) is member 0's clean accuracy, and entry (0, 1) the share of class-0 labels; a
+    transposed matrix swaps them."""
+    ensemble, _ = trained_run
+    real, constant = copy.deepcopy(ensemble.members[0]), ConstantClassifier()
+    matrix = transfer_matrix([real, constant], loader, 0.1, torch.device("cpu"), progress=False)
+    labels = torch.cat([y for _, y in loader])
+    with torch.no_grad():
+        clean = torch.cat([(real(x).argmax(1) == y) for x, y in loader]).float().mean().item()
+    assert matrix[1, 0].item() == pytest.approx(clean) and clean > 0.8
+    assert matrix[0, 1].item() == pytest.approx((labels == 0).float().mean().item())
+    assert matrix[0, 0] < clean - 0.2  # the white-box attack on member 0 works
+
+
+def test_worst_case_is_a_per_sample_and_over_attacks(loader):
+    """Two attacks that each break a different half of the samples: each alone leaves 50%, the
+    worst case must be 0% (a min over attacks would say 50%)."""
+    samples = sum(len(y) for _, y in loader)
+    half = torch.arange(samples) < samples // 2
+    flags = {"fgsm": half, "pgd": ~half}
+    model = ConstantClassifier()
+    with mock.patch.object(evaluate, "attack_flags", lambda model, loader, attack, eps, *a, **k: flags[attack]), \
+         mock.patch.object(evaluate, "correct_flags", lambda *a, **k: torch.ones(samples, dtype=torch.bool)):
+        result = evaluate.robust_accuracy(model, loader, ["fgsm", "pgd"], [0.1], torch.device("cpu"), progress=False)
+    assert result["attacks"]["fgsm"][0.1]["all"] == pytest.approx(0.5) and result["attacks"]["pgd"][0.1]["all"] == pytest.approx(0.5)
+    assert result["worst"][0.1]["all"] == 0.0
 
 
 class StepFunctionModel(nn.Module):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 from unittest import mock
 
@@ -52,15 +53,18 @@ class InterruptAfter:
         return self.method.loss(ensemble, x, y)
 
 
-def test_resume_after_interruption_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("method, options", [("pdd", {}), ("edlcm", {"every": 3, "alpha_warmup": 5})])
+def test_resume_after_interruption_gives_the_same_weights(tmp_path, method, options):
+    """every=3 over 4-step epochs: the regularizer's call counter must survive the checkpoint, or
+    the resumed run regularizes on other steps and its weights differ."""
     steps_per_epoch = 256 // 64
-    uninterrupted = config(tmp_path, method="pdd", epochs=3, out_dir=str(tmp_path / "full"))
+    uninterrupted = config(tmp_path, method=method, epochs=3, out_dir=str(tmp_path / "full"), method_options=options)
     train(uninterrupted)
-    interrupted = config(tmp_path, method="pdd", epochs=3, out_dir=str(tmp_path / "cut"))
+    interrupted = config(tmp_path, method=method, epochs=3, out_dir=str(tmp_path / "cut"), method_options=options)
     with mock.patch.object(train_module, "build_method", lambda name, **kw: InterruptAfter(build_method(name, **kw), 2 * steps_per_epoch + 1)):
         with pytest.raises(KeyboardInterrupt):
             train(interrupted)
-    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["epoch"] == 1  # two epochs done
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 1  # two epochs done
     with pytest.raises(FileExistsError, match="pass --resume"):
         train(interrupted)
     train(interrupted, resume=True)
@@ -80,7 +84,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with mock.patch.object(train_module, "build_method", lambda name, **kw: NaNAfter(build_method(name, **kw), 4 + 1)):
         with pytest.raises(NonFiniteLossError, match="non-finite .* epoch 2, step 2.*Last good checkpoint"):
             train(run)
-    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in checkpoint["ensemble"].values() if v.is_floating_point())
 
@@ -118,7 +122,7 @@ def test_two_process_gloo_training_ends_with_identical_weights(tmp_path):
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
-    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["ensemble"]
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["ensemble"]
     for name in rank0:  # the checkpoint holds the final (shared) state
         assert torch.equal(saved[name], rank0[name]), name
 
@@ -142,5 +146,42 @@ def test_torchrun_launches_two_processes(tmp_path):
                "--out-dir", str(out), "--no-progress"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert completed.returncode == 0, completed.stderr[-2000:]
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 0
     assert len((out / "log.jsonl").read_text().splitlines()) == 1  # written by rank 0 alone
+
+
+def cli_train(tmp_path, *extra):
+    return cli_main(["train", "--dataset", "digits", "--epochs", "1", "--train-subset", "128", "--device", "cpu",
+                     "--out-dir", str(tmp_path / "cli"), "--no-progress", *extra])
+
+
+def test_cli_train_exits_non_zero_on_a_non_finite_loss(tmp_path, capsys):
+    with mock.patch.object(train_module, "build_method", lambda name, **kw: NaNAfter(build_method(name, **kw), 1)):
+        assert cli_train(tmp_path, "--method", "edlcm") == 1
+    error = capsys.readouterr().err
+    assert "non-finite at epoch 1, step 2" in error and "alpha * L_r may swamp the CE" in error
+
+
+def test_cli_resume_continues_the_run(tmp_path):
+    assert cli_train(tmp_path, "--method", "base") == 0
+    assert cli_train(tmp_path, "--method", "base", "--epochs", "2", "--resume") == 0
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "cli" / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.parametrize("option, message", [("nonsense=1", "unexpected keyword argument 'nonsense'"),
+                                             ("reduction='avg'", r"reduction must be one of \('mean', 'sum'\)"),
+                                             ("every=0", "every must be an integer >= 1")])
+def test_cli_bad_set_values_get_an_error_naming_them(tmp_path, capsys, option, message):
+    assert cli_train(tmp_path, "--method", "edlcm", "--set", option) == 2
+    error = capsys.readouterr().err
+    assert "--set" in error and re.search(message, error), error
+    assert not (tmp_path / "cli").exists()  # rejected before anything is written
+
+
+@pytest.mark.parametrize("flag, value", [("--method", "magic"), ("--arch", "vit"), ("--dataset", "mnist"), ("--device", "tpu")])
+def test_cli_bad_choices_list_the_valid_ones(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_train(tmp_path, flag, value)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert value in error and ("choose from" in error or "choose auto, cpu, cuda" in error), error

@@ -1,0 +1,88 @@
+"""EDLCM's math (eqs 2, 8-11) against derivations that share no code with edlcm_ext.reference: a
+closed form for softmax regression, and a second implementation written here from the paper."""
+
+import copy
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import batch, ensemble
+
+from edlcm_ext import HvpCurvatureLoss
+
+
+def parameter_grads(models, loss):
+    return torch.autograd.grad(loss, [p for m in models for p in m.parameters()])
+
+
+def assert_grads_close(ours, expected):
+    for a, b in zip(ours, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def sign_direction(gradient):
+    """g = sign(grad) / |sign(grad)|_2 per sample (sec. III-B)."""
+    sign = gradient.sign()
+    return sign / sign.flatten(1).norm(dim=1).clamp_min(1.0).view(-1, *([1] * (gradient.dim() - 1)))
+
+
+def test_softmax_regression_closed_form():
+    """f_m(x) = W_m x + b_m: grad_x CE_b = W^T (softmax(W x_b + b) - e_y), so u and its parameter
+    gradient follow from that formula with no double backprop at all (float64)."""
+    torch.manual_seed(0)
+    dims, classes, size, h, alpha, beta = 7, 4, 5, 0.3, 0.8, 0.6
+    models = [torch.nn.Linear(dims, classes).double() for _ in range(3)]
+    twins = copy.deepcopy(models)
+    x, y = torch.randn(size, dims, dtype=torch.float64), torch.randint(0, classes, (size,))
+
+    def input_gradient(model, z):  # per-sample gradient of the summed CE, by formula
+        return (torch.softmax(model(z), dim=1) - F.one_hot(y, classes).double()) @ model.weight
+
+    def closed_form():
+        u = []
+        for model in twins:
+            g = sign_direction(input_gradient(model, x).detach())
+            u.append(input_gradient(model, x + h * g) - input_gradient(model, x))
+        l_r_sum = sum((um ** 2).sum(dim=1).mean() for um in u)
+        l_g = sum(F.cosine_similarity(u[i], u[j], dim=1).mean() for i, j in itertools.combinations(range(3), 2))
+        return l_r_sum, l_g, sum(F.cross_entropy(m(x), y) for m in twins)
+
+    for reduction, scale in (("sum", 1.0), ("mean", 1.0 / size)):
+        l_r_sum, l_g, ece = closed_form()
+        l_r = l_r_sum * scale
+        terms = HvpCurvatureLoss(alpha=alpha, beta=beta, h=h, reduction=reduction).terms(models, x, y)
+        torch.testing.assert_close(terms.l_r, l_r, rtol=1e-12, atol=0)
+        torch.testing.assert_close(terms.l_g, l_g, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(terms.ece, ece, rtol=1e-12, atol=0)
+        assert_grads_close(parameter_grads(models, terms.ece + terms.total),
+                           parameter_grads(twins, ece + alpha * l_r + beta * l_g))
+
+
+def paper_edlcm(models, x, y, alpha, beta, h):
+    """Eqs 2, 8-11 written from the paper in the "sum" convention: per-sample input gradients of CE,
+    g from their sign, u = grad(x + h g) - grad(x), L_r = sum_m mean_b |u|^2, L_g = sum_{i<j} mean_b cos."""
+    u, ece = [], 0
+    for model in models:
+        x0 = x.clone().requires_grad_(True)
+        logits = model(x0)
+        ece = ece + F.cross_entropy(logits, y)
+        (grad0,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x0, create_graph=True)
+        x1 = (x + h * sign_direction(grad0.detach())).requires_grad_(True)
+        (grad1,) = torch.autograd.grad(F.cross_entropy(model(x1), y, reduction="sum"), x1, create_graph=True)
+        u.append((grad1 - grad0).flatten(1))
+    l_r = sum(um.pow(2).sum(dim=1).mean() for um in u)
+    l_g = sum(F.cosine_similarity(u[i], u[j], dim=1).mean() for i, j in itertools.combinations(range(len(u)), 2))
+    return ece + alpha * l_r + beta * l_g, l_r, l_g
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_second_implementation_on_a_batchnorm_cnn(train):
+    models = [m.train(train) for m in ensemble()]
+    twins = copy.deepcopy(models)
+    x, y = batch(size=6)
+    terms = HvpCurvatureLoss(alpha=0.7, beta=0.4, h=0.2, reduction="sum").terms(models, x, y)
+    loss, l_r, l_g = paper_edlcm(twins, x, y, 0.7, 0.4, 0.2)
+    torch.testing.assert_close(terms.l_r, l_r, rtol=1e-10, atol=0)
+    torch.testing.assert_close(terms.l_g, l_g, rtol=1e-10, atol=1e-13)
+    assert_grads_close(parameter_grads(models, terms.ece + terms.total), parameter_grads(twins, loss))
