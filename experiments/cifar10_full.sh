@@ -7,7 +7,9 @@
 # runs and attacks are skipped (checkpoints every epoch, per-attack flag cache). Keep OUT outside
 # the work tree (a new session lays the tree anew) and never commit it; RESULTS gets the small records.
 #   nohup bash experiments/cifar10_full.sh > ~/edlcm-runs/cifar10_full.log 2>&1 &
-# Runs go in the issue's priority order, so a cut-short budget drops the least important ones.
+# Runs go in the issue's priority order, so a cut-short budget drops the least important ones; the
+# paper-defaults issue's alpha sweep (x10 early: on small CNNs the default "mean" convention starts
+# with alpha * L_r / CE = 0.0004, results/paper_defaults/) decides which alpha the comparison uses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10-jpeg}
@@ -23,6 +25,7 @@ COMMON=(--dataset imagefolder --data-dir "$DATA" --arch small_cnn --members 3 --
 RUNS=(
   "base base 0"
   "edlcm edlcm 0"
+  "edlcm_alpha10 edlcm 0 alpha=10.0"
   "edlcm_every4 edlcm 0 every=4"
   "adp adp 0"
   "pdd pdd 0"
@@ -33,6 +36,7 @@ RUNS=(
   "base_seed1 base 1"
   "edlcm_seed1 edlcm 1"
   "edlcm_lg edlcm_lg 0"
+  "edlcm_alpha0.1 edlcm 0 alpha=0.1"
 )
 names=()
 for run in "${RUNS[@]}"; do
@@ -50,5 +54,5 @@ python experiments/summarize_training.py "$OUT" "${names[@]}" > "$RESULTS/traini
 checkpoints=()
 for name in "${names[@]}"; do checkpoints+=(--checkpoint "$OUT/$name/checkpoint.pt" --name "$name"); done
 echo "== evaluate ($(date -u +%H:%M))"
-edlcm eval "${checkpoints[@]}" --attacks default --eps 0.01,0.02,0.03 --max-samples "$SAMPLES" \
+edlcm eval "${checkpoints[@]}" --attacks default --eps 0.01,0.02,0.03 --max-samples "$SAMPLES" --curvature 200 \
   --out-dir "$RESULTS" --cache-dir "$OUT/eval_flags" --no-progress

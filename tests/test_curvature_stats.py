@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import CUDA_SKIP_REASON, DEVICES
 
 import edlcm_ext  # noqa: F401
 from edlcm_ext import ops
@@ -107,3 +107,22 @@ def test_float32_at_training_sizes_against_float64(device):
     for ours, truth in zip(results[torch.float32], results[torch.float64]):
         torch.testing.assert_close(ours, truth, rtol=1e-4, atol=1e-4 * truth.abs().max().item())
     assert results[torch.float64][1][0].abs().mean() > 0.3  # the cosine pair (0, 1) is far from 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_SKIP_REASON)
+def test_cuda_backward_past_the_grid_y_limit():
+    """D > 65535 * 256: the backward's grid.y is capped and the kernel loops over the rest of D."""
+    D = 65535 * 256 + 4097
+    u = torch.randn(2, 1, D, device="cuda", requires_grad=True)
+    sq_norms, cosines = ops.curvature_stats(u)
+    (grad,) = torch.autograd.grad(sq_norms.sum() + cosines.sum(), u)
+    (expected,) = torch.autograd.grad(sum(t.sum() for t in curvature_statistics(u)), u)
+    torch.testing.assert_close(grad[:, :, -4097:], expected[:, :, -4097:], rtol=1e-4, atol=1e-6)  # the looped tail
+    torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_SKIP_REASON)
+def test_cuda_too_many_members_for_shared_memory_is_a_clear_error():
+    u = torch.randn(80, 2, 8, device="cuda", dtype=torch.float64)  # 80 * 80 doubles = 51,200 bytes > 48 KiB
+    with pytest.raises(RuntimeError, match="80 members need 51200 bytes of shared memory"):
+        ops.curvature_stats(u)
