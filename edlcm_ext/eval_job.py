@@ -49,6 +49,7 @@ class EvalSettings:
     device: str = "auto"
     apgd_iterations: int = 100
     pgd_restarts: int = 1
+    square_queries: int = 5000
     curvature: int = 0  # > 0: curvature diagnostics (|u|, cosines, lambda_max) on this many test samples
     progress: bool = True
 
@@ -103,7 +104,7 @@ def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: tor
     loader = DataLoader(test_set, batch_size=settings.batch_size)
     eps_values = list(settings.eps or DEFAULT_EPS[config.dataset])
     options = {"apgd": {"iterations": settings.apgd_iterations}, "apgd-dlr": {"iterations": settings.apgd_iterations},
-               "pgd": {"restarts": settings.pgd_restarts}}
+               "pgd": {"restarts": settings.pgd_restarts}, "square": {"queries": settings.square_queries}}
     fingerprint = checkpoint_fingerprint(checkpoint, len(test_set), options)
     cache = FlagCache(os.path.join(settings.cache_dir or os.path.join(settings.out_dir, "flags"), f"{name}-{fingerprint}"))
     progress = settings.progress

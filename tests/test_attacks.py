@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from edlcm_ext.attacks import ATTACKS, build_attack, expand_attack_names
 from edlcm_ext.attacks.apgd import checkpoints
 from edlcm_ext.attacks.apgd_dlr import dlr_loss
+from edlcm_ext.attacks.square import square_fraction
 from edlcm_ext.data import load_dataset
 from edlcm_ext.evaluate import robust_accuracy
 from edlcm_ext.train import TrainConfig, train
@@ -70,6 +71,23 @@ def test_apgd_at_least_as_strong_as_torchattacks(trained, name, loss, seed):
     assert ours < accuracy(model, x, y) - 0.05
 
 
+@needs_torchattacks
+def test_square_at_least_as_strong_as_torchattacks(trained):
+    import torchattacks
+
+    model, x, y = trained
+    torch.manual_seed(4)
+    ours = accuracy(model, build_attack("square", model, EPS, queries=1000)(x, y), y)
+    theirs = accuracy(model, torchattacks.Square(model, norm="Linf", eps=EPS, n_queries=1000, p_init=0.8, seed=0)(x, y), y)
+    assert ours <= theirs + 0.03, (ours, theirs)  # random search: seed spread as for APGD above
+    assert ours < accuracy(model, x, y) - 0.05
+
+
+def test_square_schedule_halves_the_fraction_at_the_paper_points():
+    assert [square_fraction(0.8, q, 10_000) for q in (1, 11, 51, 201, 9999)] == [0.8, 0.4, 0.2, 0.1, 0.8 / 512]
+    assert square_fraction(0.8, 500, 1000) == square_fraction(0.8, 5000, 10_000)  # rescaled to the budget
+
+
 def test_dlr_loss_by_hand():
     # z = (3, 1, 2, 0), y = 1: -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3) = -(1 - 3) / (3 - 1) = 1
     # z = (0, 5, 1, 4), y = 1: -(5 - 4) / (5 - 1) = -0.25; shift and scale invariant
@@ -82,7 +100,7 @@ def test_dlr_loss_by_hand():
 
 
 def test_presets_expand_and_unknown_names_list_the_valid_ones():
-    assert expand_attack_names(["fgsm", "strong", "apgd"]) == ["fgsm", "apgd", "apgd-dlr"]
+    assert expand_attack_names(["fgsm", "strong", "apgd"]) == ["fgsm", "apgd", "apgd-dlr", "square"]
     with pytest.raises(ValueError, match=r"unknown attack 'cw'; choose from \['apgd', 'apgd-dlr'"):
         expand_attack_names(["cw"])
 

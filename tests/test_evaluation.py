@@ -89,6 +89,15 @@ def test_worst_case_is_a_per_sample_and_over_attacks(loader):
     assert result["worst"][0.1]["all"] == 0.0
 
 
+def test_masking_warning_when_square_beats_every_gradient_attack():
+    def result(square):
+        cells = {"fgsm": 0.6, "apgd": 0.5, "square": square}
+        return {"attacks": {a: {0.1: {"all": v}} for a, v in cells.items()}}
+
+    assert any("square (no gradients) beats every gradient attack" in m for m in sanity.check_white_box(result(0.3)))
+    assert not sanity.check_white_box(result(0.49))
+
+
 class StepFunctionModel(nn.Module):
     """A deliberately gradient-masked model: the input passes through a step function."""
 

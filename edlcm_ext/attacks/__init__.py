@@ -56,9 +56,10 @@ class Attack:
 ATTACKS: dict[str, Callable[..., Attack]] = {}
 # Named groups for --attacks. "strong": the AutoAttack-style gradient attacks whose per-sample worst
 # case is the headline; "default": those plus the paper's weaker attacks, reported as extra rows.
-PRESETS = {"strong": ("apgd", "apgd-dlr"), "default": ("fgsm", "bim", "pgd", "apgd", "apgd-dlr")}
+PRESETS = {"strong": ("apgd", "apgd-dlr", "square"), "default": ("fgsm", "bim", "pgd", "apgd", "apgd-dlr", "square")}
 # How tables name each attack at its defaults (the paper's PGD is short and weak: say so).
-LABELS = {"fgsm": "FGSM", "bim": "BIM-10", "pgd": "PGD-10 (paper's, weak)", "apgd": "APGD-CE", "apgd-dlr": "APGD-DLR"}
+LABELS = {"fgsm": "FGSM", "bim": "BIM-10", "pgd": "PGD-10 (paper's, weak)", "apgd": "APGD-CE", "apgd-dlr": "APGD-DLR",
+          "square": "Square (black-box)"}
 
 
 def register(name: str):
@@ -90,4 +91,4 @@ def build_attack(name: str, model: nn.Module, eps: float, **options) -> Attack:
     return ATTACKS[name](model, eps, **options)
 
 
-from . import apgd, apgd_dlr, fgsm, pgd  # noqa: E402,F401  (registers the attacks)
+from . import apgd, apgd_dlr, fgsm, pgd, square  # noqa: E402,F401  (registers the attacks)
