@@ -73,7 +73,7 @@ def load_checkpoint(path: str, device: str = "cpu") -> tuple[Ensemble, TrainConf
     """(ensemble in eval mode, its TrainConfig, DatasetInfo, the raw checkpoint) from a trainer checkpoint."""
     checkpoint = read_checkpoint(path, device)
     config = TrainConfig(**checkpoint["config"])
-    info = DatasetInfo(**{key: tuple(v) if isinstance(v, list) else v for key, v in checkpoint["info"].items()})
+    info = DatasetInfo(**checkpoint["info"])
     ensemble = build_ensemble(config, info).to(device)
     ensemble.load_state_dict(checkpoint["ensemble"])
     return ensemble.eval(), config, info, checkpoint
@@ -111,8 +111,8 @@ def _average_across_processes(tensors, world: int) -> None:
 
 
 class _StepLog:
-    """Step values summed on the device, read (one host sync) only when ``read`` is called; tracks the
-    first step whose loss was not finite."""
+    """Step values summed on the device and read (a host sync) only by ``means`` and
+    ``first_non_finite_step``; tracks the first step whose loss was not finite."""
 
     def __init__(self, device: torch.device) -> None:
         self.sums: dict[str, torch.Tensor] = {}
@@ -123,7 +123,7 @@ class _StepLog:
         loss = loss.detach()
         self.first_non_finite = torch.where((self.first_non_finite < 0) & ~torch.isfinite(loss), step, self.first_non_finite)
         for key, value in {"loss": loss, **logs}.items():
-            value = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            value = value.detach().float()
             self.sums[key] = self.sums[key] + value if key in self.sums else value
             self.counts[key] = self.counts.get(key, 0) + 1
 

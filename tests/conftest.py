@@ -37,3 +37,8 @@ def batch(size: int = 6, classes: int = 5, dtype=torch.float64, device="cpu", hw
     x = torch.rand(size, 3, hw, hw, dtype=dtype, device=device)
     y = torch.randint(0, classes, (size,), device=device)
     return x, y
+
+
+def parameter_grads(models, loss):
+    """d loss / d every parameter of every member, in order."""
+    return torch.autograd.grad(loss, [p for m in models for p in m.parameters()])

@@ -7,13 +7,9 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batch, ensemble
+from conftest import batch, ensemble, parameter_grads
 
 from edlcm_ext import HvpCurvatureLoss
-
-
-def parameter_grads(models, loss):
-    return torch.autograd.grad(loss, [p for m in models for p in m.parameters()])
 
 
 def assert_grads_close(ours, expected):

@@ -5,15 +5,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, batch, ensemble
+from conftest import DEVICES, batch, ensemble, parameter_grads
 
 from edlcm_ext import HvpCurvatureLoss
 from edlcm_ext.reference import edlcm_terms
-
-
-def parameter_grads(models, loss):
-    params = [p for m in models for p in m.parameters()]
-    return torch.autograd.grad(loss, params)
 
 
 def assert_grads_close(ours, ref, rtol=1e-6):

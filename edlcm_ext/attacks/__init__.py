@@ -40,17 +40,27 @@ class Attack:
     def perturb(self, x: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def per_sample_loss(self, output: Tensor, y: Tensor) -> Tensor:
+        """The loss the attack ascends, per sample: CE; an attack on another loss overrides this."""
+        return F.cross_entropy(output, y, reduction="none")
+
     def loss_and_gradient(self, x_adv: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(per-sample CE, its input gradient, output) at x_adv."""
+        """(per-sample loss, its input gradient, output) at x_adv."""
         x_adv = x_adv.detach().requires_grad_(True)
         output = self.model(x_adv)
-        loss = F.cross_entropy(output, y, reduction="none")
+        loss = self.per_sample_loss(output, y)
         (gradient,) = torch.autograd.grad(loss.sum(), x_adv)
         return loss.detach(), gradient, output.detach()
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Back into the eps-ball around x and the image box [0, 1]."""
         return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
+
+
+def margin(output: Tensor, y: Tensor) -> Tensor:
+    """Per-sample z_y - max_{j != y} z_j: negative exactly when the sample is misclassified."""
+    true = output.gather(1, y[:, None]).squeeze(1)
+    return true - output.scatter(1, y[:, None], float("-inf")).max(dim=1).values
 
 
 ATTACKS: dict[str, Callable[..., Attack]] = {}

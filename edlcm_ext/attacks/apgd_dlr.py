@@ -1,6 +1,6 @@
 import torch
 
-from . import register
+from . import margin, register
 from .apgd import APGD
 
 
@@ -12,9 +12,7 @@ def dlr_loss(output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if output.shape[1] < 3:
         raise ValueError(f"the DLR loss needs at least 3 classes, got {output.shape[1]}")
     ordered = output.sort(dim=1, descending=True).values
-    true = output.gather(1, y[:, None]).squeeze(1)
-    others = output.scatter(1, y[:, None], float("-inf")).max(dim=1).values
-    return -(true - others) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+    return -margin(output, y) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
 
 
 @register("apgd-dlr")
@@ -23,9 +21,5 @@ class APGDDLR(APGD):
     standard suite: the same step-size schedule (see APGD); DLR does not saturate the way CE does
     on confident or rescaled outputs, so it breaks defenses that only flatten CE."""
 
-    def loss_and_gradient(self, x_adv, y):
-        x_adv = x_adv.detach().requires_grad_(True)
-        output = self.model(x_adv)
-        loss = dlr_loss(output, y)
-        (gradient,) = torch.autograd.grad(loss.sum(), x_adv)
-        return loss.detach(), gradient, output.detach()
+    def per_sample_loss(self, output, y):
+        return dlr_loss(output, y)

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from . import Attack, register
+from . import Attack, margin, register
 
 # Square's schedule of the fraction p of pixels changed per query (Andriushchenko et al. 2020,
 # sec. 3 and their appendix): p_init halved at these points of a 10,000-query budget, rescaled to
@@ -31,34 +31,27 @@ class Square(Attack):
         self.queries, self.p_init = queries, p_init
 
     @torch.no_grad()
-    def margin(self, x_adv, y):
-        output = self.model(x_adv)
-        true = output.gather(1, y[:, None]).squeeze(1)
-        others = output.scatter(1, y[:, None], float("-inf")).max(dim=1).values
-        return true - others
-
-    @torch.no_grad()
     def perturb(self, x, y):
         batch, channels, height, width = x.shape
         stripes = torch.randint(0, 2, (batch, channels, 1, width), device=x.device, dtype=x.dtype) * 2 - 1
         x_best = self.project(x + self.eps * stripes, x)
-        margin = self.margin(x_best, y)
+        best_margin = margin(self.model(x_best), y)
+        rows = torch.arange(height, device=x.device)
+        cols = torch.arange(width, device=x.device)
         for query in range(1, self.queries):
-            active = (margin > 0).nonzero().squeeze(1)
+            active = (best_margin > 0).nonzero().squeeze(1)
             if active.numel() == 0:
                 break
             fraction = square_fraction(self.p_init, query, self.queries)
             side = min(max(int(round(math.sqrt(fraction * height * width))), 1), height - 1 if height > 1 else 1)
             top = torch.randint(0, height - side + 1, (active.numel(),), device=x.device)
             left = torch.randint(0, width - side + 1, (active.numel(),), device=x.device)
-            rows = torch.arange(height, device=x.device)
-            cols = torch.arange(width, device=x.device)
             window = (((rows[None, :] >= top[:, None]) & (rows[None, :] < (top + side)[:, None]))[:, :, None]
                       & ((cols[None, :] >= left[:, None]) & (cols[None, :] < (left + side)[:, None]))[:, None, :])
             signs = torch.randint(0, 2, (active.numel(), channels, 1, 1), device=x.device, dtype=x.dtype) * 2 - 1
             candidate = torch.where(window[:, None], self.project(x[active] + self.eps * signs, x[active]), x_best[active])
-            new_margin = self.margin(candidate, y[active])
-            better = new_margin < margin[active]
+            new_margin = margin(self.model(candidate), y[active])
+            better = new_margin < best_margin[active]
             x_best[active[better]] = candidate[better]
-            margin[active[better]] = new_margin[better]
+            best_margin[active[better]] = new_margin[better]
         return x_best
