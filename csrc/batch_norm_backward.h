@@ -43,6 +43,15 @@ inline void check_batch_norm_backward_backward_inputs(
   check_channel_vector(op, "grad_grad_bias", grad_grad_bias, input);
 }
 
+// The layout the kernels compute in: channels_last when input is (then every full-size tensor is
+// taken in it: no copy when the caller's tensors already are), else contiguous.
+inline at::MemoryFormat kernel_layout(const at::Tensor& input) {
+  const auto format = input.suggest_memory_format();
+  return format == at::MemoryFormat::ChannelsLast || format == at::MemoryFormat::ChannelsLast3d
+             ? format
+             : at::MemoryFormat::Contiguous;
+}
+
 inline std::optional<at::Tensor> contiguous_or_none(const std::optional<at::Tensor>& t) {
   return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
 }

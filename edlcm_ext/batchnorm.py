@@ -1,24 +1,19 @@
 """BatchNorm whose backward runs through edlcm_ext's fused kernels, so its double backward is fused.
 
 PyTorch builds BatchNorm's double backward from dozens of full-size elementwise ops; EDLCM runs it
-in every BatchNorm layer at every step. Three ways to use the fused path, same numbers each way:
-- ``with fused_batchnorm(): ...`` routes every ``F.batch_norm`` call (so every nn.BatchNorm*d)
-  made inside the block; HvpCurvatureLoss does this by default.
-- ``convert_batchnorm(model)`` swaps nn.BatchNorm1d/2d/3d for subclasses that always use it;
-  state_dict keys and running-statistic updates stay those of PyTorch's modules.
-- ``batch_norm(...)``: the function, with F.batch_norm's signature.
-The forward is PyTorch's own ``native_batch_norm`` (including its running-statistic update).
+in every BatchNorm layer at every step. ``batch_norm(...)`` has F.batch_norm's signature;
+:func:`edlcm_ext.fused.fused_layers` routes every ``F.batch_norm`` call (so every nn.BatchNorm*d) to
+it, and :func:`edlcm_ext.fused.convert_to_fused` swaps the modules. The forward is PyTorch's own
+``native_batch_norm`` (including its running-statistic update).
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
+from torch import Tensor
 
 from . import ops
 
@@ -71,54 +66,3 @@ def batch_norm(
         # AMP dtypes and empty batches: PyTorch's own path, with its behaviour
         return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     return _FusedBatchNormFunction.apply(input, weight, bias, running_mean, running_var, training, momentum, eps)
-
-
-class _FusedBatchNormMode(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.batch_norm:
-            return batch_norm(*args, **kwargs)
-        return func(*args, **kwargs)
-
-
-@contextlib.contextmanager
-def fused_batchnorm(enabled: bool = True) -> Iterator[None]:
-    """Within the block, every ``F.batch_norm`` call uses the fused backward kernels."""
-    if not enabled:
-        yield
-        return
-    with _FusedBatchNormMode():
-        yield
-
-
-class _FusedBatchNormMixin:
-    def forward(self, input: Tensor) -> Tensor:
-        with fused_batchnorm():
-            return super().forward(input)
-
-
-class FusedBatchNorm1d(_FusedBatchNormMixin, nn.BatchNorm1d):
-    """nn.BatchNorm1d with the fused backward."""
-
-
-class FusedBatchNorm2d(_FusedBatchNormMixin, nn.BatchNorm2d):
-    """nn.BatchNorm2d with the fused backward."""
-
-
-class FusedBatchNorm3d(_FusedBatchNormMixin, nn.BatchNorm3d):
-    """nn.BatchNorm3d with the fused backward."""
-
-
-_FUSED_CLASSES = {nn.BatchNorm1d: FusedBatchNorm1d, nn.BatchNorm2d: FusedBatchNorm2d, nn.BatchNorm3d: FusedBatchNorm3d}
-
-
-def convert_batchnorm(model: nn.Module) -> nn.Module:
-    """Swap (in place) every nn.BatchNorm1d/2d/3d in ``model`` for its fused subclass; returns ``model``.
-
-    Parameters, buffers, state_dict keys and hooks are kept (only the class changes).
-    """
-    for module in model.modules():
-        fused = _FUSED_CLASSES.get(type(module))
-        if fused is not None:
-            module.__class__ = fused
-    return model

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
-from .batchnorm import fused_batchnorm
 from .first_order import first_order_terms
+from .fused import fused_layers
 from .reference import REDUCTIONS, CurvatureTerms, input_gradient_differences, l_r_scale, terms_from_statistics
 
 # Default finite-difference step (eq 8), an L2 distance in pixel units of [0, 1] images. g has unit
@@ -55,8 +55,9 @@ class HvpCurvatureLoss(nn.Module):
             unbiased estimate (L_r's 1/B of "mean" stays the full batch's).
         alpha_warmup: alpha and beta ramp linearly from 0 over this many training calls (call t has
             weight min(1, t / alpha_warmup); calls with weight 0 skip the regularizer).
-        fused_batchnorm: run the members' BatchNorm layers (every ``F.batch_norm`` call) through the
-            fused backward kernels of :mod:`edlcm_ext.batchnorm`; same gradients, less time.
+        fused_layers: run the members' BatchNorm and Conv2d layers (every ``F.batch_norm`` and
+            ``F.conv2d`` call) through edlcm_ext's double-backward paths (:mod:`edlcm_ext.fused`);
+            same gradients, less time.
         gradient: "exact" (double backprop, the paper's) or "first_order": a finite-difference
             parameter gradient with no double backward (:mod:`edlcm_ext.first_order`; approximate,
             not the default: see README for its agreement with the exact gradient).
@@ -86,7 +87,7 @@ class HvpCurvatureLoss(nn.Module):
         every: int = 1,
         batch_fraction: float = 1.0,
         alpha_warmup: int = 0,
-        fused_batchnorm: bool = True,
+        fused_layers: bool = True,
         gradient: str = "exact",
         fd_step: float = 1e-2,
         check_inputs: bool = True,
@@ -111,7 +112,7 @@ class HvpCurvatureLoss(nn.Module):
             raise ValueError(f"batch_fraction must be in (0, 1], got {batch_fraction!r}")
         self.alpha, self.beta, self.h, self.eps = float(alpha), float(beta), float(h), float(eps)
         self.reduction, self.every, self.batch_fraction, self.alpha_warmup = reduction, every, float(batch_fraction), alpha_warmup
-        self.fused_batchnorm, self.gradient, self.fd_step, self.check_inputs = fused_batchnorm, gradient, float(fd_step), check_inputs
+        self.fused_layers, self.gradient, self.fd_step, self.check_inputs = fused_layers, gradient, float(fd_step), check_inputs
         self.autocast_regularizer = autocast_regularizer
         self.calls = 0  # training calls so far: the clock of `every` and `alpha_warmup`
         self._regularized_calls = 0
@@ -120,7 +121,7 @@ class HvpCurvatureLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"alpha={self.alpha}, beta={self.beta}, h={self.h}, eps={self.eps}, reduction={self.reduction!r}, "
                 f"every={self.every}, batch_fraction={self.batch_fraction}, alpha_warmup={self.alpha_warmup}, "
-                f"fused_batchnorm={self.fused_batchnorm}, gradient={self.gradient!r}")
+                f"fused_layers={self.fused_layers}, gradient={self.gradient!r}")
 
     def get_extra_state(self) -> dict:
         return {"calls": self.calls, "regularized_calls": self._regularized_calls, "warned": self._warned}
@@ -174,7 +175,7 @@ class HvpCurvatureLoss(nn.Module):
     def _regularizer_passes(self, models, x, y, check_logits, scale: float) -> CurvatureTerms:
         if self.gradient == "first_order":
             return first_order_terms(models, x, y, self.alpha, self.beta, self.h, self.eps, self.fd_step, check_logits, scale)
-        with fused_batchnorm(self.fused_batchnorm):
+        with fused_layers(self.fused_layers):
             u, ece = input_gradient_differences(models, x, y, self.h, check_logits)
         sq_norms, cosines = ops.curvature_stats(u, self.eps)
         return terms_from_statistics(sq_norms, cosines, ece, self.alpha, self.beta, scale)

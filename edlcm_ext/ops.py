@@ -4,12 +4,13 @@ Every op's schema is declared once in C++ (csrc/<op>.cpp); this module is the on
 that knows about it.
 """
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["curvature_stats", "batch_norm_backward"]
+__all__ = ["curvature_stats", "batch_norm_backward", "conv2d", "conv2d_input_grad", "conv2d_weight_grad"]
 
 
 def curvature_stats(u: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
@@ -79,18 +80,22 @@ def _check_batch_norm_shapes(grad_out, input, mean, invstd):
     torch._check(mean.shape == (input.shape[1],) and invstd.shape == mean.shape, lambda: "batch_norm_backward: mean and invstd must have shape (C,)")
 
 
+def _like_input(input: Tensor) -> Tensor:
+    """A full-size output of the BatchNorm kernels: in input's layout (channels_last or contiguous)."""
+    return torch.empty_like(input, memory_format=torch._prims_common.suggest_memory_format(input))
+
+
 @torch.library.register_fake("edlcm_ext::batch_norm_backward")
 def _batch_norm_backward_fake(grad_out, input, weight, mean, invstd, training):
     _check_batch_norm_shapes(grad_out, input, mean, invstd)
     channels = input.shape[1]
-    return torch.empty_like(input, memory_format=torch.contiguous_format), input.new_empty(channels), input.new_empty(channels)
+    return _like_input(input), input.new_empty(channels), input.new_empty(channels)
 
 
 @torch.library.register_fake("edlcm_ext::_batch_norm_backward_backward")
 def _batch_norm_backward_backward_fake(grad_grad_input, grad_grad_weight, grad_grad_bias, grad_out, input, weight, mean, invstd, training):
     _check_batch_norm_shapes(grad_out, input, mean, invstd)
-    like_input = torch.empty_like(input, memory_format=torch.contiguous_format)
-    return like_input, torch.empty_like(like_input), input.new_empty(input.shape[1])
+    return _like_input(input), _like_input(input), input.new_empty(input.shape[1])
 
 
 def _batch_norm_backward_setup_context(ctx, inputs, output):
@@ -114,4 +119,71 @@ torch.library.register_autograd(
 )
 torch.library.register_autograd(
     "edlcm_ext::_batch_norm_backward_backward", _double_backward_not_supported("batch_norm_backward")
+)
+
+
+def conv2d(
+    input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
+    dilation: Sequence[int], groups: int,
+) -> Tensor:
+    """``F.conv2d`` (4-d input, numeric padding) whose backward computes only what the pass needs (csrc/conv2d.cpp)."""
+    return torch.ops.edlcm_ext.conv2d.default(input, weight, bias, list(stride), list(padding), list(dilation), groups)
+
+
+@torch.library.register_fake("edlcm_ext::conv2d")
+def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
+    torch._check(input.dim() == 4, lambda: f"conv2d: input must have shape (N, C_in, H, W), got {tuple(input.shape)}")
+    torch._check(weight.dim() == 4, lambda: f"conv2d: weight must be 4-d, got {tuple(weight.shape)}")
+    return torch.ops.aten.convolution.default(input, weight, bias, stride, padding, dilation, False, [0, 0], groups)
+
+
+def conv2d_input_grad(
+    grad_out: Tensor, weight: Tensor, input_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+    dilation: Sequence[int], groups: int,
+) -> Tensor:
+    """Input gradient of ``F.conv2d`` for ``grad_out``; its backward runs only the products double backward needs."""
+    return torch.ops.edlcm_ext.conv2d_input_grad.default(
+        grad_out, weight, list(input_size), list(stride), list(padding), list(dilation), groups
+    )
+
+
+@torch.library.register_fake("edlcm_ext::conv2d_input_grad")
+def _conv2d_input_grad_fake(grad_out, weight, input_size, stride, padding, dilation, groups):
+    torch._check(grad_out.dim() == 4 and weight.dim() == 4, lambda: "conv2d_input_grad: grad_out and weight must be 4-d")
+    torch._check(len(input_size) == 4, lambda: f"conv2d_input_grad: input_size must be (N, C_in, H, W), got {input_size}")
+    torch._check(input_size[1] == weight.shape[1] * groups, lambda: "conv2d_input_grad: input_size[1] must be C_in of weight times groups")
+    return grad_out.new_empty(input_size).contiguous(memory_format=torch._prims_common.suggest_memory_format(grad_out))
+
+
+def _conv2d_input_grad_setup_context(ctx, inputs, output):
+    grad_out, weight, _, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(grad_out if ctx.needs_input_grad[1] else None, weight if ctx.needs_input_grad[0] else None)
+    ctx.conv_args = (stride, padding, dilation, groups)
+
+
+def _conv2d_input_grad_backward(ctx, grad_grad_input):
+    # The op is linear in grad_out and in weight (module comment of csrc/conv2d_input_grad.cpp).
+    grad_out, weight = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv_args
+    grad_grad_out = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_grad_out = F.conv2d(grad_grad_input, weight, None, stride, padding, dilation, groups)
+    if ctx.needs_input_grad[1]:
+        grad_weight = conv2d_weight_grad(grad_out, grad_grad_input, weight, stride, padding, dilation, groups)
+    return grad_grad_out, grad_weight, None, None, None, None, None
+
+
+def conv2d_weight_grad(
+    grad_out: Tensor, input: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int],
+    dilation: Sequence[int], groups: int,
+) -> Tensor:
+    """Weight gradient of ``F.conv2d(input, weight)`` for ``grad_out`` alone (ATen's, differentiable)."""
+    return torch.ops.aten.convolution_backward.default(
+        grad_out, input, weight, None, list(stride), list(padding), list(dilation), False, [0, 0], groups,
+        [False, True, False],
+    )[1]
+
+
+torch.library.register_autograd(
+    "edlcm_ext::conv2d_input_grad", _conv2d_input_grad_backward, setup_context=_conv2d_input_grad_setup_context
 )

@@ -5,19 +5,23 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, small_bn_cnn
+from conftest import DEVICES
 
 from edlcm_ext import ops
-from edlcm_ext.batchnorm import FusedBatchNorm2d, batch_norm, convert_batchnorm, fused_batchnorm
+from edlcm_ext.batchnorm import batch_norm
 
-SHAPES = [(5, 3), (4, 2, 7), (3, 4, 5, 6), (2, 3, 2, 3, 4)]
+LAYOUTS = [((5, 3), torch.contiguous_format), ((4, 2, 7), torch.contiguous_format),
+           ((3, 4, 5, 6), torch.contiguous_format), ((3, 4, 5, 6), torch.channels_last),
+           ((2, 3, 2, 3, 4), torch.contiguous_format), ((2, 3, 2, 3, 4), torch.channels_last_3d)]
 
 
 def sample_inputs(device, requires_grad, dtype=torch.float64):
-    """(input, weight, bias, running_mean, running_var, training) covering layouts and modes."""
-    for shape, affine, training in itertools.product(SHAPES, (True, False), (True, False)):
+    """(input, weight, bias, running_mean, running_var, training) covering shapes, memory layouts
+    (channels_last runs its own kernels) and modes."""
+    for (shape, layout), affine, training in itertools.product(LAYOUTS, (True, False), (True, False)):
         channels = shape[1]
-        x = (torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5).requires_grad_(requires_grad)
+        x = (torch.randn(shape, device=device, dtype=dtype) * 2 + 0.5).contiguous(memory_format=layout)
+        x.requires_grad_(requires_grad)
         weight = bias = None
         if affine:
             weight = (torch.rand(channels, device=device, dtype=dtype) + 0.5).requires_grad_(requires_grad)
@@ -78,7 +82,7 @@ def test_opcheck(device):
             mean, invstd = x.transpose(0, 1).flatten(1).mean(1), x.transpose(0, 1).flatten(1).var(1, correction=0).add(1e-5).rsqrt()
         else:
             mean, invstd = running_mean, (running_var + 1e-5).rsqrt()
-        grad_out = torch.randn_like(x)
+        grad_out = torch.randn_like(x)  # in x's layout
         leaf = lambda t: None if t is None else t.detach().requires_grad_(True)  # noqa: E731
         args = (leaf(grad_out), leaf(x), leaf(weight), mean, invstd, training)
         torch.library.opcheck(torch.ops.edlcm_ext.batch_norm_backward.default, args)
@@ -86,6 +90,19 @@ def test_opcheck(device):
         double_args = (torch.randn_like(x), torch.randn(channels, dtype=x.dtype, device=device),
                        torch.randn(channels, dtype=x.dtype, device=device), grad_out, x, weight, mean, invstd, training)
         torch.library.opcheck(torch.ops.edlcm_ext._batch_norm_backward_backward.default, double_args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_outputs_keep_the_channels_last_layout(device):
+    """Full-size outputs come back in input's layout, so a channels_last network stays in it (a
+    contiguous result would make every later layer convert)."""
+    x = torch.randn(4, 3, 5, 6, device=device, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    stats = torch.zeros(3, device=device, dtype=x.dtype), torch.ones(3, device=device, dtype=x.dtype)
+    grad_input, _, _ = ops.batch_norm_backward(torch.randn_like(x), x, None, *stats, True)
+    assert grad_input.is_contiguous(memory_format=torch.channels_last) and not grad_input.is_contiguous()
+    double = torch.ops.edlcm_ext._batch_norm_backward_backward.default(
+        torch.randn_like(x), stats[0], stats[0], torch.randn_like(x), x, None, *stats, True)
+    assert all(t.is_contiguous(memory_format=torch.channels_last) for t in double[:2])
 
 
 def test_third_order_raises_clear_error():
@@ -108,35 +125,6 @@ def test_bad_shapes_are_rejected_by_the_kernel():
         ops.batch_norm_backward(x, x, None, torch.zeros(2), torch.ones(3), True)
     with pytest.raises(RuntimeError, match="grad_out must have input's shape"):
         ops.batch_norm_backward(x[:2], x, None, torch.zeros(3), torch.ones(3), True)
-
-
-def test_mode_routes_module_batchnorm_through_fused_function():
-    bn = torch.nn.BatchNorm2d(3)
-    x = torch.randn(2, 3, 4, 4, requires_grad=True)
-    assert "Fused" not in type(bn(x).grad_fn).__name__
-    with fused_batchnorm():
-        assert "FusedBatchNorm" in type(bn(x).grad_fn).__name__
-
-
-def test_convert_keeps_state_and_behaviour():
-    torch.manual_seed(0)
-    plain = small_bn_cnn().double()
-    converted = convert_batchnorm(small_bn_cnn().double())
-    converted.load_state_dict(plain.state_dict())
-    assert isinstance(converted[1], FusedBatchNorm2d) and isinstance(converted[1], torch.nn.BatchNorm2d)
-    assert list(converted.state_dict()) == list(plain.state_dict())
-    x = torch.rand(6, 3, 8, 8, dtype=torch.float64, requires_grad=True)
-    for model in (plain, converted):
-        model.train()
-    outputs = [model(x) for model in (plain, converted)]
-    torch.testing.assert_close(outputs[0], outputs[1])
-    input_grads = [torch.autograd.grad(o.pow(2).sum(), x, create_graph=True)[0] for o in outputs]
-    torch.testing.assert_close(input_grads[0], input_grads[1])
-    param_grads = [torch.autograd.grad(g.pow(2).sum(), list(m.parameters())) for g, m in zip(input_grads, (plain, converted))]
-    for a, b in zip(*param_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(plain.state_dict(), converted.state_dict(), rtol=0, atol=0)
-    assert "FusedBatchNorm" in type(converted[1](converted[0](x)).grad_fn).__name__
 
 
 @pytest.mark.parametrize("device", DEVICES)

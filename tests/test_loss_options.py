@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import CUDA_SKIP_REASON, DEVICES, batch, ensemble, parameter_grads
 
 from edlcm_ext import HvpCurvatureLoss, ops
-from edlcm_ext.batchnorm import fused_batchnorm
+from edlcm_ext.fused import fused_layers
 from edlcm_ext.loss import DEFAULT_H
 from edlcm_ext.models import build_model
 from edlcm_ext.reference import edlcm_terms, input_gradient_differences, terms_from_statistics
@@ -61,7 +61,7 @@ def test_every_1_and_full_batch_are_bit_identical_to_the_plain_pipeline():
     twin = copy.deepcopy(models)
     x, y = batch(dtype=torch.float32)
     ours = HvpCurvatureLoss(reduction="sum", every=1, batch_fraction=1.0, alpha_warmup=0).terms(models, x, y)
-    with fused_batchnorm():
+    with fused_layers():
         u, ece = input_gradient_differences(twin, x, y, DEFAULT_H)
     plain = terms_from_statistics(*ops.curvature_stats(u, 1e-8), ece, 1.0, 0.01)
     for name in ("total", "ece", "l_r", "l_g"):

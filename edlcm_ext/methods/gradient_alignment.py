@@ -5,16 +5,16 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from ..batchnorm import fused_batchnorm
+from ..fused import fused_layers
 from . import Method, register
 from .base import ensemble_cross_entropy
 
 
 def member_input_gradients(ensemble, x, y):
     """Members' logits at x and their input gradients of CE, kept in the graph (double backprop,
-    through the fused BatchNorm kernels: the same gradients as PyTorch's, faster)."""
+    through edlcm_ext's fused layers: the same gradients as PyTorch's, faster)."""
     x = x.detach().requires_grad_(True)
-    with fused_batchnorm():
+    with fused_layers():
         member_logits = ensemble.member_logits(x)
         gradients = [
             torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x, create_graph=True)[0].flatten(1)
