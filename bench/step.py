@@ -9,7 +9,7 @@ the modes are interleaved round-robin and the median is reported, so the ratios 
 like on one machine in one run. A step is zero_grad + loss + backward + optimizer step:
 - plain:     sum_m CE_m (the Base ensemble, eq 2)
 - reference: EDLCM (eq 11) in plain PyTorch, edlcm_ext.reference
-- fused:     EDLCM through edlcm_ext.HvpCurvatureLoss (fused BatchNorm double backward + fused statistics)
+- fused:     EDLCM through edlcm_ext.HvpCurvatureLoss (fused BatchNorm and Conv2d double backward, fused statistics)
 - every4:    HvpCurvatureLoss(every=4); one sample times 4 consecutive steps, divided by 4
 - fraction25: HvpCurvatureLoss(batch_fraction=0.25)
 - first_order: HvpCurvatureLoss(gradient="first_order"), the approximate mode with no double backward

@@ -170,3 +170,24 @@ def test_pytorch_batch_norm_errors_and_empty_batches_are_kept(device):
         batch_norm(torch.randn(1, 3, 1, 1, device=device), *running, training=True)
     empty = batch_norm(torch.zeros(0, 3, 4, 4, device=device), *running, training=True)
     assert empty.shape == (0, 3, 4, 4)
+
+
+def test_low_precision_inputs_take_pytorchs_path_with_its_values():
+    """bf16 (what autocast hands BatchNorm) has no fused kernel: PyTorch's own BatchNorm runs."""
+    x = torch.randn(4, 3, 5, 5).bfloat16().requires_grad_(True)
+    stats = torch.zeros(3), torch.ones(3)
+    ours = batch_norm(x, *stats, training=True)
+    assert ours.grad_fn.name() != "_FusedBatchNormFunctionBackward"
+    torch.testing.assert_close(ours, F.batch_norm(x, torch.zeros(3), torch.ones(3), training=True), rtol=0, atol=0)
+
+
+def test_eval_mode_gradients_use_the_statistics_of_the_forward():
+    """In eval mode the normalisation uses the running statistics; if they change in place between
+    forward and backward (another forward in train mode), the backward must still use the old ones."""
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+    running_mean, running_var = torch.randn(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
+    expected = torch.autograd.grad(F.batch_norm(x, running_mean.clone(), running_var.clone()).pow(2).sum(), x)[0]
+    out = batch_norm(x, running_mean, running_var, training=False)
+    running_mean.add_(3.0)
+    running_var.mul_(4.0)
+    torch.testing.assert_close(torch.autograd.grad(out.pow(2).sum(), x)[0], expected, rtol=1e-12, atol=1e-12)

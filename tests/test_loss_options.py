@@ -70,6 +70,22 @@ def test_every_1_and_full_batch_are_bit_identical_to_the_plain_pipeline():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_layers_off_gives_the_same_terms_and_gradients(channels_last):
+    """fused_layers=False runs PyTorch's own BatchNorm and Conv2d double backward: same numbers."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    models = [m.to(memory_format=layout) for m in ensemble()]
+    twin = copy.deepcopy(models)
+    x, y = batch()
+    x = x.contiguous(memory_format=layout)
+    fused = HvpCurvatureLoss().terms(models, x, y)
+    plain = HvpCurvatureLoss(fused_layers=False).terms(twin, x, y)
+    for name in ("total", "ece", "l_r", "l_g"):
+        torch.testing.assert_close(getattr(fused, name), getattr(plain, name), rtol=1e-10, atol=1e-12)
+    for a, b in zip(parameter_grads(models, fused.ece + fused.total), parameter_grads(twin, plain.ece + plain.total)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_every_k_scales_the_regularized_call_and_leaves_exactly_the_ce_on_the_others():
     models = ensemble()
     x, y = batch()

@@ -16,6 +16,15 @@ def checkpoints(iterations: int) -> list[int]:
     return marks
 
 
+def steps_to_halve(increases, steps_since_mark: int, rho: float, step, step_at_last_mark, best_loss, loss_at_last_mark):
+    """Samples whose step size halves at a checkpoint (Croce & Hein 2020, sec. 3.2): condition 1,
+    fewer than rho of the steps since the last checkpoint raised the loss over the previous iterate;
+    or condition 2, neither the step size nor the best loss changed since the last checkpoint."""
+    too_few = increases < rho * steps_since_mark
+    stalled = (step == step_at_last_mark) & (best_loss == loss_at_last_mark)
+    return too_few | stalled
+
+
 @register("apgd")
 class APGD(Attack):
     """APGD with the CE loss (Croce & Hein 2020), L-inf, untargeted: momentum 0.75, step size 2*eps
@@ -65,9 +74,8 @@ class APGD(Attack):
             improved = loss > best_loss
             x_best[improved], best_loss[improved] = x_adv[improved], loss[improved]
             if iteration in marks:
-                too_few = increases < self.rho * (iteration - last_mark)
-                stalled = (step == step_at_last_mark) & (best_loss == loss_at_last_mark)
-                halve = too_few | stalled
+                halve = steps_to_halve(increases, iteration - last_mark, self.rho, step, step_at_last_mark, best_loss,
+                                       loss_at_last_mark)
                 step[halve] /= 2
                 x_adv[halve] = x_best[halve]  # restart the halved samples from their best point
                 if halve.any():  # the gradient at the restarted points
