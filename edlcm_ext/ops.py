@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["curvature_stats", "batch_norm_backward", "conv2d", "conv2d_input_grad", "conv2d_weight_grad"]
+__all__ = ["curvature_stats", "batch_norm_backward", "conv2d", "conv2d_input_grad", "conv2d_weight_grad",
+           "max_pool2d", "max_pool2d_gather"]
 
 
 def curvature_stats(u: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
@@ -187,3 +188,54 @@ def conv2d_weight_grad(
 torch.library.register_autograd(
     "edlcm_ext::conv2d_input_grad", _conv2d_input_grad_backward, setup_context=_conv2d_input_grad_setup_context
 )
+
+
+def max_pool2d(
+    input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+    ceil_mode: bool,
+) -> Tensor:
+    """``F.max_pool2d`` (4-d input) whose input gradient's backward is one gather (csrc/max_pool2d.cpp)."""
+    return torch.ops.edlcm_ext.max_pool2d.default(input, list(kernel_size), list(stride), list(padding), list(dilation), ceil_mode)
+
+
+@torch.library.register_fake("edlcm_ext::max_pool2d")
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    torch._check(input.dim() == 4, lambda: f"max_pool2d: input must have shape (N, C, H, W), got {tuple(input.shape)}")
+    return torch.ops.aten.max_pool2d_with_indices.default(input, kernel_size, stride, padding, dilation, ceil_mode)[0]
+
+
+@torch.library.register_fake("edlcm_ext::max_pool2d_input_grad")
+def _max_pool2d_input_grad_fake(grad_out, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
+    torch._check(grad_out.shape == indices.shape, lambda: "max_pool2d_input_grad: grad_out and indices must have the same shape")
+    return torch.ops.aten.max_pool2d_with_indices_backward.default(
+        grad_out, input, kernel_size, stride, padding, dilation, ceil_mode, indices)
+
+
+def _max_pool2d_input_grad_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[2])
+
+
+def _max_pool2d_input_grad_backward(ctx, grad_grad_input):
+    # Linear in grad_out, piecewise constant in input (csrc/max_pool2d.cpp): the input gets no gradient.
+    (indices,) = ctx.saved_tensors
+    return max_pool2d_gather(grad_grad_input, indices), None, None, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "edlcm_ext::max_pool2d_input_grad", _max_pool2d_input_grad_backward, setup_context=_max_pool2d_input_grad_setup_context
+)
+
+
+def max_pool2d_gather(values: Tensor, indices: Tensor) -> Tensor:
+    """values (N, C, H, W) read at max-pooling indices (N, C, H_out, W_out), in the indices' layout."""
+    return torch.ops.edlcm_ext.max_pool2d_gather.default(values, indices)
+
+
+@torch.library.register_fake("edlcm_ext::max_pool2d_gather")
+def _max_pool2d_gather_fake(values, indices):
+    torch._check(values.dim() == 4 and indices.dim() == 4, lambda: "max_pool2d_gather: values and indices must be 4-d")
+    torch._check(indices.dtype == torch.int64, lambda: f"max_pool2d_gather: indices must be int64, got {indices.dtype}")
+    return values.new_empty(indices.shape).contiguous(memory_format=torch._prims_common.suggest_memory_format(indices))
+
+
+torch.library.register_autograd("edlcm_ext::max_pool2d_gather", _double_backward_not_supported("max_pool2d_input_grad"))
