@@ -81,22 +81,24 @@ def _check_batch_norm_shapes(grad_out, input, mean, invstd):
     torch._check(mean.shape == (input.shape[1],) and invstd.shape == mean.shape, lambda: "batch_norm_backward: mean and invstd must have shape (C,)")
 
 
-def _like_input(input: Tensor) -> Tensor:
-    """A full-size output of the BatchNorm kernels: in input's layout (channels_last or contiguous)."""
-    return torch.empty_like(input, memory_format=torch._prims_common.suggest_memory_format(input))
+def _empty_in_layout(shape, like: Tensor, layout_of: Tensor) -> Tensor:
+    """A fake output of ``shape`` with ``like``'s dtype and device, in ``layout_of``'s layout
+    (channels_last or contiguous), as the kernels return it."""
+    return like.new_empty(shape).contiguous(memory_format=torch._prims_common.suggest_memory_format(layout_of))
 
 
 @torch.library.register_fake("edlcm_ext::batch_norm_backward")
 def _batch_norm_backward_fake(grad_out, input, weight, mean, invstd, training):
     _check_batch_norm_shapes(grad_out, input, mean, invstd)
     channels = input.shape[1]
-    return _like_input(input), input.new_empty(channels), input.new_empty(channels)
+    return _empty_in_layout(input.shape, input, input), input.new_empty(channels), input.new_empty(channels)
 
 
 @torch.library.register_fake("edlcm_ext::_batch_norm_backward_backward")
 def _batch_norm_backward_backward_fake(grad_grad_input, grad_grad_weight, grad_grad_bias, grad_out, input, weight, mean, invstd, training):
     _check_batch_norm_shapes(grad_out, input, mean, invstd)
-    return _like_input(input), _like_input(input), input.new_empty(input.shape[1])
+    full = _empty_in_layout(input.shape, input, input)
+    return full, torch.empty_like(full), input.new_empty(input.shape[1])
 
 
 def _batch_norm_backward_setup_context(ctx, inputs, output):
@@ -153,7 +155,7 @@ def _conv2d_input_grad_fake(grad_out, weight, input_size, stride, padding, dilat
     torch._check(grad_out.dim() == 4 and weight.dim() == 4, lambda: "conv2d_input_grad: grad_out and weight must be 4-d")
     torch._check(len(input_size) == 4, lambda: f"conv2d_input_grad: input_size must be (N, C_in, H, W), got {input_size}")
     torch._check(input_size[1] == weight.shape[1] * groups, lambda: "conv2d_input_grad: input_size[1] must be C_in of weight times groups")
-    return grad_out.new_empty(input_size).contiguous(memory_format=torch._prims_common.suggest_memory_format(grad_out))
+    return _empty_in_layout(input_size, grad_out, grad_out)
 
 
 def _conv2d_input_grad_setup_context(ctx, inputs, output):
@@ -235,7 +237,7 @@ def max_pool2d_gather(values: Tensor, indices: Tensor) -> Tensor:
 def _max_pool2d_gather_fake(values, indices):
     torch._check(values.dim() == 4 and indices.dim() == 4, lambda: "max_pool2d_gather: values and indices must be 4-d")
     torch._check(indices.dtype == torch.int64, lambda: f"max_pool2d_gather: indices must be int64, got {indices.dtype}")
-    return values.new_empty(indices.shape).contiguous(memory_format=torch._prims_common.suggest_memory_format(indices))
+    return _empty_in_layout(indices.shape, values, indices)
 
 
 torch.library.register_autograd("edlcm_ext::max_pool2d_gather", _double_backward_not_supported("max_pool2d_input_grad"))

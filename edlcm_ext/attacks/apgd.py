@@ -30,7 +30,8 @@ class APGD(Attack):
     """APGD with the CE loss (Croce & Hein 2020), L-inf, untargeted: momentum 0.75, step size 2*eps
     halved at checkpoints when fewer than rho = 0.75 of the steps since the last checkpoint raised
     the loss over the previous iterate (the paper's condition 1), or when neither the step size nor
-    the best loss changed; each halving restarts from the best point. ``iterations`` (default 100) and ``restarts`` (random starts, default 1).
+    the best loss changed; each halving restarts from the best point. ``iterations`` (default 100)
+    and ``restarts`` (random starts, default 1).
     """
 
     def __init__(self, model, eps, iterations: int = 100, restarts: int = 1, rho: float = 0.75, momentum: float = 0.75):
