@@ -14,6 +14,8 @@ from edlcm_ext import train as train_module
 from edlcm_ext.cli import main as cli_main
 from edlcm_ext.data import load_dataset
 from edlcm_ext.methods import METHODS, build_method
+from edlcm_ext.models import MODELS
+from edlcm_ext.models.layers import Classifier
 from edlcm_ext.train import NonFiniteLossError, TrainConfig, atomic_save, load_checkpoint, train
 
 
@@ -112,22 +114,55 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, out_dir, result_dir):
+def conv_tanh(num_classes, in_channels):
+    """A BatchNorm-free member: with per-process BatchNorm statistics no multi-process run can equal a
+    single process on the joint batch, without them every term of the loss below is a batch mean."""
+    body = torch.nn.Sequential(torch.nn.Conv2d(in_channels, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Flatten())
+    return Classifier(body, torch.nn.Linear(4 * 8 * 8, num_classes))
+
+
+# EDLCM under the "sum" convention: CE, L_r and L_g are all means of per-sample terms, so averaging the
+# gradients of two half batches must give the gradient of the joint batch exactly (up to rounding).
+SEPARABLE_EDLCM = dict(method="edlcm", arch="conv_tanh", method_options={"reduction": "sum"}, epochs=2)
+
+
+def _ddp_worker(rank, world, port, out_dir, result_dir, overrides):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    result = train(TrainConfig(method="edlcm", dataset="digits", epochs=1, train_subset=256, out_dir=out_dir, progress=False, device="cpu"))
+    MODELS.setdefault("conv_tanh", conv_tanh)  # a spawned process imports this module afresh
+    settings = dict(method="edlcm", dataset="digits", epochs=1, train_subset=256, out_dir=out_dir, progress=False, device="cpu")
+    result = train(TrainConfig(**{**settings, **overrides}))
     torch.save(result.ensemble.state_dict(), os.path.join(result_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 
+def _spawn_two_processes(tmp_path, **overrides):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "run"), str(tmp_path), overrides), nprocs=2, join=True)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+
+
 def test_two_process_gloo_training_ends_with_identical_weights(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "run"), str(tmp_path)), nprocs=2, join=True)
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    rank0, rank1 = _spawn_two_processes(tmp_path)
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["ensemble"]
     for name in rank0:  # the checkpoint holds the final (shared) state
         assert torch.equal(saved[name], rank0[name]), name
+
+
+def test_two_processes_train_as_one_process_on_the_joint_batch(tmp_path, monkeypatch):
+    """2 processes x 64 samples = 1 process x 128: DistributedSampler's shards of one permutation make
+    each step's joint batch the single process's batch, so averaged gradients must give its weights
+    (summed gradients, i.e. a wrong world-size scaling, double every step)."""
+    two, _ = _spawn_two_processes(tmp_path / "two", **SEPARABLE_EDLCM, batch_size=64)
+    monkeypatch.setitem(MODELS, "conv_tanh", conv_tanh)
+    single = config(tmp_path / "one", **SEPARABLE_EDLCM, batch_size=128)
+    one = train(single).ensemble.state_dict()
+    torch.manual_seed(single.seed)  # the trainer's initial weights
+    initial = train_module.build_ensemble(single, load_dataset("digits", None, train=True)[1]).state_dict()
+    assert max((one[name] - initial[name]).abs().max() for name in one) > 1e-3  # the steps moved the weights
+    for name in one:  # float32 rounding differs between one sum of 128 and two sums of 64
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_cli_train_runs_and_reports(tmp_path, capsys):
