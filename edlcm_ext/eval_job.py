@@ -99,13 +99,17 @@ def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: tor
     """One checkpoint's results. ``transfer_examples`` keeps black-box examples crafted on each
     surrogate, so every checkpoint is attacked with the same ones and they are crafted once."""
     ensemble, config, info, _ = load_checkpoint(checkpoint, str(device))
-    test_set, _ = load_dataset(config.dataset, settings.data_dir or config.data_dir, train=False)
+    data_dir = settings.data_dir or config.data_dir
+    test_set, _ = load_dataset(config.dataset, data_dir, train=False)
     test_set = fixed_subset(test_set, settings.max_samples)
     loader = DataLoader(test_set, batch_size=settings.batch_size)
     eps_values = list(settings.eps or DEFAULT_EPS[config.dataset])
     options = {"apgd": {"iterations": settings.apgd_iterations}, "apgd-dlr": {"iterations": settings.apgd_iterations},
                "pgd": {"restarts": settings.pgd_restarts}, "square": {"queries": settings.square_queries}}
-    fingerprint = checkpoint_fingerprint(checkpoint, len(test_set), options)
+    # Everything a cached result depends on: the model file, the test images (which folder, which
+    # fixed subset) and the attacks' budgets; the attack and eps are in each key below.
+    test_images = [config.dataset, os.path.abspath(data_dir) if data_dir else None, len(test_set)]
+    fingerprint = checkpoint_fingerprint(checkpoint, test_images, options)
     cache = FlagCache(os.path.join(settings.cache_dir or os.path.join(settings.out_dir, "flags"), f"{name}-{fingerprint}"))
     progress = settings.progress
 

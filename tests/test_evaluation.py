@@ -1,14 +1,17 @@
 """Evaluation: TSR (eq 12), masking warnings, and `edlcm eval` on a trainer checkpoint."""
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
+from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
 from edlcm_ext import eval_job, evaluate, sanity
@@ -189,3 +192,61 @@ def test_curvature_diagnostics_in_eval_report(trained_run, loader):
     assert stats["samples"] == 100 and stats["lambda_max"]["mean"] > 0 and stats["u_norm"]["mean"] > 0
     assert -1 <= stats["u_cosine"]["mean"] <= 1
     assert all(not m.training for m in members)  # mode restored (the fixture's ensemble is in eval mode)
+
+
+def _flags_by_attack_budget(ensemble, loader, attack, eps, device, options=None, progress=False):
+    """Stand-in for attack_flags: PGD-10 leaves every sample robust, the sanity PGD-50 none, so a
+    result read from the other attack's cache entry shows."""
+    return torch.full((len(loader.dataset),), (options or {}).get("steps") != 50)
+
+
+def test_cached_results_are_keyed_by_everything_that_changes_them(trained_run, tmp_path):
+    _, checkpoint = trained_run
+    settings = eval_job.EvalSettings(checkpoints=[str(checkpoint)], attacks=["pgd"], eps=[0.3], large_eps=0.3, max_samples=64,
+                                     out_dir=str(tmp_path), progress=False, device="cpu")
+
+    def evaluate(**changes):
+        with mock.patch.object(eval_job, "attack_flags", side_effect=_flags_by_attack_budget) as flags:
+            result = eval_job.evaluate_one("a", str(checkpoint), dataclasses.replace(settings, **changes), torch.device("cpu"), {})
+        return result, flags.call_count
+
+    result, calls = evaluate()
+    # PGD-10 at eps 0.3 and the sanity PGD-50 at large_eps 0.3 are two attacks with two entries.
+    assert calls == 2 and result["attacks"]["pgd"][0.3]["all"] == 1.0 and result["large_eps"]["all"] == 0.0
+    assert evaluate()[1] == 0  # the same evaluation again: all from the cache
+    assert evaluate(pgd_restarts=2)[1] == 2  # another attack budget
+    assert evaluate(max_samples=32)[1] == 2  # other test images
+
+
+def _write_image_folder(root, swap_test_labels=False):
+    """A two-class ImageFolder tree of 8x8 images: class "bright" light, "dark" dark, plus noise.
+    ``swap_test_labels`` files each test image under the other class."""
+    generator = np.random.default_rng(0)
+    for split, count in (("train", 32), ("test", 8)):
+        for label, level in (("bright", 200), ("dark", 50)):
+            folder = root / split / ({"bright": "dark", "dark": "bright"}[label] if swap_test_labels and split == "test" else label)
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(count):
+                pixels = np.clip(level + generator.integers(-40, 40, size=(8, 8, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{split}_{label}_{k}.png")
+    return str(root)
+
+
+def test_cli_trains_and_evaluates_an_image_folder_with_its_default_eps_and_cache_dir(tmp_path):
+    data = _write_image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    assert cli_main(["train", "--method", "base", "--dataset", "imagefolder", "--data-dir", data, "--epochs", "1",
+                     "--batch-size", "16", "--out-dir", str(run), "--device", "cpu", "--no-progress"]) == 0
+    cache, out = tmp_path / "cache", tmp_path / "eval"
+    args = ["eval", "--checkpoint", str(run / "checkpoint.pt"), "--attacks", "fgsm", "--large-eps", "0", "--out-dir", str(out),
+            "--cache-dir", str(cache), "--device", "cpu", "--no-progress"]
+    assert cli_main(args) == 0
+    saved = json.loads((out / "results.json").read_text())["results"]["base"]
+    assert saved["samples"] == 16 and set(saved["attacks"]["fgsm"]) == {f"{e:g}" for e in eval_job.DEFAULT_EPS["imagefolder"]}
+    assert os.listdir(cache) and not (out / "flags").exists()  # per-sample results went to --cache-dir only
+    # --data-dir replaces the checkpoint's test images: the same files under swapped labels (two
+    # classes, so every correct prediction becomes wrong) must be evaluated, not read from the cache.
+    swapped = _write_image_folder(tmp_path / "swapped", swap_test_labels=True)
+    assert cli_main(args + ["--data-dir", swapped]) == 0
+    relabelled = json.loads((out / "results.json").read_text())["results"]["base"]
+    assert relabelled["clean"] == pytest.approx(1 - saved["clean"])
