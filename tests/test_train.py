@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from edlcm_ext import cli as cli_module
 from edlcm_ext import train as train_module
 from edlcm_ext.cli import main as cli_main
 from edlcm_ext.data import load_dataset
@@ -223,3 +224,28 @@ def test_cli_bad_choices_list_the_valid_ones(tmp_path, capsys, flag, value):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert value in error and ("choose from" in error or "choose auto, cpu, cuda" in error), error
+
+
+def test_cli_demo_end_to_end_and_rerun_from_its_checkpoints(tmp_path, capsys):
+    """The README's main job with 1 epoch and short attack budgets: both ensembles train, the table has
+    every attack and the per-sample worst case, which no single attack row can be above."""
+    args = ["demo", "--epochs", "1", "--out-dir", str(tmp_path), "--no-progress"]
+    with mock.patch.object(cli_module, "DEMO_APGD_ITERATIONS", 5), mock.patch.object(cli_module, "DEMO_SQUARE_QUERIES", 20):
+        assert cli_main(args) == 0
+        first = capsys.readouterr().out
+        for method in cli_module.DEMO_METHODS:
+            assert torch.load(tmp_path / method / "checkpoint.pt", weights_only=True)["epoch"] == 0
+        written = {method: (tmp_path / method / "checkpoint.pt").stat().st_mtime_ns for method in cli_module.DEMO_METHODS}
+        assert cli_main(args) == 0  # finished runs are resumed, not trained again
+        assert written == {method: (tmp_path / method / "checkpoint.pt").stat().st_mtime_ns for method in cli_module.DEMO_METHODS}
+    rows = {}
+    for line in first.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[1] in {f"{e:g}" for e in cli_module.DEMO_EPS}:
+            rows.setdefault(cells[1], []).append((cells[0], float(cells[2]), float(cells[3])))
+    for eps, eps_rows in rows.items():
+        *attacks, (worst_label, *worst) = eps_rows
+        assert "worst case" in worst_label and len(attacks) == len(cli_module.DEMO_ATTACKS), eps_rows
+        for column in (0, 1):
+            assert worst[column] <= min(row[column + 1] for row in attacks), (eps, column)
+    assert "| No attack | - |" in first and "training time per epoch: base" in first
