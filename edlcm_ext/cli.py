@@ -61,6 +61,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default=defaults.out_dir)
     parser.add_argument("--device", type=_device_name, default=defaults.device, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument("--channels-last", action="store_true", help="train in the channels_last layout (faster convolutions)")
     parser.add_argument("--set", dest="method_options", type=_method_option, action="append", default=[],
                         metavar="KEY=VALUE", help="method hyper-parameter, e.g. --set alpha=1.0 --set beta=0.01")
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out-dir")
