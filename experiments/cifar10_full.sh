@@ -7,6 +7,10 @@
 # runs and attacks are skipped (checkpoints every epoch, per-attack flag cache). Keep OUT outside
 # the work tree (a new session lays the tree anew) and never commit it; RESULTS gets the small records.
 #   nohup bash experiments/cifar10_full.sh > ~/edlcm-runs/cifar10_full.log 2>&1 &
+# Sharing the cores with other work: start it with setsid and lower its session's weight with
+# `echo 19 > /proc/<its pid>/autogroup`; `nice` alone does not (the kernel balances sessions first,
+# and here an unniced 2-thread foreground job ran 10x slower). Epoch seconds in log.jsonl are then no
+# cost measure: training cost relative to Base comes from bench/step.py, run side by side.
 # Runs go in the priority order, so a cut-short budget drops the least important ones; the
 # paper-defaults issue's alpha sweep (x10 early: on small CNNs the default "mean" convention starts
 # with alpha * L_r / CE = 0.0004, results/paper_defaults/) decides which alpha the comparison uses.
@@ -19,7 +23,7 @@ EPOCHS=${EPOCHS:-20}
 SAMPLES=${SAMPLES:-1000}
 EVAL=${EVAL:-1}  # 0: train only
 mkdir -p "$OUT" "$RESULTS/training"
-COMMON=(--dataset imagefolder --data-dir "$DATA" --arch small_cnn --members 3 --epochs "$EPOCHS" --no-progress --resume)
+COMMON=(--dataset imagefolder --data-dir "$DATA" --arch small_cnn --members 3 --epochs "$EPOCHS" --channels-last --no-progress --resume)
 
 # name method seed extra --set options, in the order of priority
 RUNS=(
