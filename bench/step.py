@@ -14,6 +14,8 @@ like on one machine in one run. A step is zero_grad + loss + backward + optimize
 - fraction25: HvpCurvatureLoss(batch_fraction=0.25)
 - first_order: HvpCurvatureLoss(gradient="first_order"), the approximate mode with no double backward
   (its agreement with the exact gradient: bench/first_order.py)
+- with --methods, every other training method of edlcm_ext.methods at its defaults (adp, gal, deg,
+  pdd, edlcm_lr, edlcm_lg), in channels_last like the evidence runs: the cost column of their table
 Each mode also runs in channels_last (suffix _cl: models and inputs), and with --amp under autocast
 (suffix _amp: bf16 on CPU, bf16 on CUDA). Ratios are against the best plain configuration measured.
 """
@@ -38,30 +40,38 @@ import torch
 import torch.nn.functional as F
 
 import edlcm_ext
+from edlcm_ext.ensemble import Ensemble
+from edlcm_ext.methods import METHODS, build_method
 from edlcm_ext.models import build_model
 from edlcm_ext.reference import edlcm_terms
 
 @dataclass(frozen=True)
 class Mode:
-    loss: str  # plain | reference | fused | first_order
+    loss: str  # plain | reference | fused | first_order | method
     channels_last: bool = False
     amp: bool = False
     every: int = 1
     batch_fraction: float = 1.0
+    method: str = ""  # with loss="method": a name from edlcm_ext.methods
 
 
 BASE_MODES = {"plain": Mode("plain"), "reference": Mode("reference"), "fused": Mode("fused"),
               "every4": Mode("fused", every=4), "fraction25": Mode("fused", batch_fraction=0.25),
               "first_order": Mode("first_order")}
 # Layout and precision variants a speed-minded user runs: the best plain one is the baseline.
-LAYOUT_MODES = ("plain", "reference", "fused", "every4")
+LAYOUT_MODES = ("plain", "reference", "fused", "every4", "fraction25")
 AMP_MODES = ("plain", "fused", "every4")
+# base and edlcm are plain and fused above.
+OTHER_METHODS = tuple(name for name in sorted(METHODS) if name not in ("base", "edlcm"))
 
 
-def mode_table(amp: bool) -> dict[str, Mode]:
+def mode_table(amp: bool, methods: bool = False) -> dict[str, Mode]:
     modes = dict(BASE_MODES)
     for name in LAYOUT_MODES:
         modes[f"{name}_cl"] = dataclass_replace(BASE_MODES[name], channels_last=True)
+    if methods:
+        for name in OTHER_METHODS:
+            modes[f"{name}_cl"] = Mode("method", channels_last=True, method=name)
     if amp:
         for name in AMP_MODES:
             modes[f"{name}_amp"] = dataclass_replace(BASE_MODES[name], amp=True)
@@ -114,7 +124,12 @@ def make_step(mode: Mode, models: list[torch.nn.Module]):
     regularizer = edlcm_ext.HvpCurvatureLoss(gradient="first_order" if mode.loss == "first_order" else "exact",
                                             every=mode.every, batch_fraction=mode.batch_fraction)
 
+    method = build_method(mode.method) if mode.loss == "method" else None
+    ensemble = Ensemble(models)
+
     def loss_of(x, y):
+        if method is not None:
+            return method.loss(ensemble, x, y)[0]
         if mode.loss == "plain":
             return sum(F.cross_entropy(m(x), y) for m in models)
         terms = edlcm_terms(models, x, y) if mode.loss == "reference" else regularizer.terms(models, x, y)
@@ -248,7 +263,7 @@ def run(args) -> dict:
     device = torch.device(args.device)
     configs = QUICK_CONFIGS if args.quick else CONFIGS
     repeats, warmup = (3, 1) if args.quick else (args.repeats, 2)
-    modes = mode_table(args.amp)
+    modes = mode_table(args.amp, args.methods)
     if args.modes:
         modes = {name: modes[name] for name in args.modes.split(",")}
     report = {"machine": machine_description(device), "quick": args.quick, "results": []}
@@ -332,6 +347,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json", help="write the full report to this JSON file")
     parser.add_argument("--record", action="store_true", help="write the report under bench/results/")
     parser.add_argument("--amp", action="store_true", help="also the bf16 autocast variants (_amp)")
+    parser.add_argument("--methods", action="store_true", help="also the other training methods (adp, gal, ...)")
     parser.add_argument("--modes", help="comma-separated subset of the modes (default: all)")
     parser.add_argument("--memory-probe", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
