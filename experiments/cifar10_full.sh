@@ -22,6 +22,8 @@ RESULTS=${RESULTS:-results/cifar10_full}
 EPOCHS=${EPOCHS:-20}
 SAMPLES=${SAMPLES:-1000}
 EVAL=${EVAL:-1}  # 0: train only
+# Step costs of every run's mode, timed side by side on an otherwise idle machine (bench/step.py --methods).
+BENCH=${BENCH:-bench/results/step_2026-11-26_cpu_small_cnn.json}
 mkdir -p "$OUT" "$RESULTS/training"
 COMMON=(--dataset imagefolder --data-dir "$DATA" --arch small_cnn --members 3 --epochs "$EPOCHS" --channels-last --no-progress --resume)
 
@@ -60,3 +62,4 @@ for name in "${names[@]}"; do checkpoints+=(--checkpoint "$OUT/$name/checkpoint.
 echo "== evaluate ($(date -u +%H:%M))"
 edlcm eval "${checkpoints[@]}" --attacks default --eps 0.01,0.02,0.03 --max-samples "$SAMPLES" --curvature 200 \
   --out-dir "$RESULTS" --cache-dir "$OUT/eval_flags" --no-progress
+python experiments/cost_robustness.py "$RESULTS/results.json" "$BENCH" "$RESULTS" --eps 0.01,0.03

@@ -1,0 +1,107 @@
+"""The evidence run's price and payoff: training cost vs worst-case robust accuracy, per run.
+
+    python experiments/cost_robustness.py RESULTS_JSON BENCH_JSON OUT_DIR [--eps 0.01,0.03] [--config small_cnn]
+
+RESULTS_JSON is `edlcm eval`'s results.json; BENCH_JSON a `bench/step.py --methods --json` (or
+--record) report. The cost of a run is the step time of its bench mode over the Base run's, both
+timed side by side in that one bench run: the epoch times in the runs' own logs are no cost measure
+when the runs shared the machine with other work. A run's bench mode follows from the config.json
+next to its checkpoint (method, every, batch_fraction, channels_last); alpha, beta and the seed do
+not change a step's cost. Writes cost_robustness.md (table) and cost_robustness.png (one point per
+run and eps) to OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def bench_mode(config: dict) -> str:
+    """The bench/step.py mode that times one training step of the run described by ``config``."""
+    method, options = config["method"], config.get("method_options", {})
+    every, fraction = options.get("every", 1), options.get("batch_fraction", 1.0)
+    if method != "edlcm" and (every != 1 or fraction != 1.0):
+        raise ValueError(f"bench/step.py times {method!r} at every=1, batch_fraction=1 only, got {options}")
+    if every != 1 and fraction != 1.0:
+        raise ValueError(f"no bench mode combines every and batch_fraction, got {options}")
+    if method == "base":
+        name = "plain"
+    elif method != "edlcm":
+        name = method
+    elif every != 1:
+        name = f"every{every}"
+    elif fraction != 1.0:
+        name = f"fraction{round(100 * fraction)}"
+    else:
+        name = "fused"
+    return name + ("_cl" if config.get("channels_last") else "")
+
+
+def run_config(checkpoint: str) -> dict:
+    with open(os.path.join(os.path.dirname(checkpoint), "config.json")) as config:
+        return json.load(config)
+
+
+def cost_table(results: dict, step_seconds: dict, base: str) -> dict[str, float]:
+    """Cost per run relative to the run named ``base``, from its bench mode's step time."""
+    modes = {name: bench_mode(run_config(result["checkpoint"])) for name, result in results.items()}
+    missing = sorted({mode for mode in modes.values() if mode not in step_seconds})
+    if missing:
+        raise ValueError(f"the bench report has no mode {missing}: rerun bench/step.py --methods with them")
+    return {name: step_seconds[mode] / step_seconds[modes[base]] for name, mode in modes.items()}
+
+
+def write_report(results: dict, costs: dict, eps_values: list[str], out_dir: str) -> None:
+    lines = ["| run | cost (x base step) | clean (%) | " + " | ".join(f"worst case eps {e} (%)" for e in eps_values) + " |",
+             "|---|---|---|" + "---|" * len(eps_values)]
+    for name, result in results.items():
+        cells = [f"{100 * result['worst'][e]['all']:.1f}" for e in eps_values]
+        lines.append(f"| {name} | {costs[name]:.2f} | {100 * result['clean']:.1f} | " + " | ".join(cells) + " |")
+    with open(os.path.join(out_dir, "cost_robustness.md"), "w") as table:
+        table.write("\n".join(lines) + "\n")
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for marker, e in zip("os^vD", eps_values):
+        points = [(costs[name], 100 * result["worst"][e]["all"], name) for name, result in results.items()]
+        axis.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=f"eps {e}")
+        for cost, accuracy, name in points:
+            axis.annotate(name, (cost, accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axis.set(xlabel="training step cost (x Base)", ylabel="worst-case robust accuracy (%)", xscale="log")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(os.path.join(out_dir, "cost_robustness.png"), dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results_json")
+    parser.add_argument("bench_json")
+    parser.add_argument("out_dir")
+    parser.add_argument("--eps", default="0.01,0.03", help="comma-separated, as written in results.json")
+    parser.add_argument("--config", default="small_cnn", help="the bench configuration the runs trained")
+    parser.add_argument("--base", default="base", help="the run that costs 1")
+    args = parser.parse_args(argv)
+    with open(args.results_json) as report:
+        results = json.load(report)["results"]
+    with open(args.bench_json) as report:
+        rows = [row for row in json.load(report)["results"] if row["config"]["name"] == args.config]
+    if not rows:
+        parser.error(f"{args.bench_json} has no {args.config!r} configuration")
+    eps_values = args.eps.split(",")
+    unknown = [e for e in eps_values if any(e not in result["worst"] for result in results.values())]
+    if unknown:
+        parser.error(f"--eps {unknown} not evaluated for every run")
+    os.makedirs(args.out_dir, exist_ok=True)
+    write_report(results, cost_table(results, rows[0]["step_seconds"], args.base), eps_values, args.out_dir)
+
+
+if __name__ == "__main__":
+    main()
