@@ -10,6 +10,7 @@ last 10 steps (chance = 3 ln 10 = 6.9), the largest CE, alpha * L_r / CE at step
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import platform
 import time
@@ -32,9 +33,9 @@ def torchvision_resnet18() -> torch.nn.Module:
 
 ARCHITECTURES = {
     "torchvision_resnet18": torchvision_resnet18,
-    "resnet20": lambda: build_model("resnet20", 10, 3, CIFAR10_INFO.mean, CIFAR10_INFO.std),
-    "resnet18": lambda: build_model("resnet18", 10, 3, CIFAR10_INFO.mean, CIFAR10_INFO.std),
-    "small_cnn": lambda: build_model("small_cnn", 10, 3, CIFAR10_INFO.mean, CIFAR10_INFO.std),
+    # every architecture we ship, normalizing [0, 1] inputs as the trainer builds them
+    **{name: functools.partial(build_model, name, 10, 3, CIFAR10_INFO.mean, CIFAR10_INFO.std)
+       for name in ("resnet20", "resnet18", "resnet34", "vgg16_bn", "small_cnn")},
 }
 
 
