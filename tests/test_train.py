@@ -110,21 +110,26 @@ class RecordsLayout(InterruptAfter):
         return super().loss(ensemble, x, y)
 
 
+def recording_layouts(layouts, calls=-1):
+    """The trainer's methods wrapped in RecordsLayout for the duration of the block."""
+    return mock.patch.object(train_module, "build_method", lambda name, **kw: RecordsLayout(build_method(name, **kw), layouts, calls))
+
+
 @pytest.mark.parametrize("method", ["base", "edlcm"])
 def test_channels_last_training_is_the_same_training(tmp_path, method):
     """--channels-last changes the layout only: a channels_last run, interrupted after its first
     epoch and resumed, ends with the weights of an uninterrupted contiguous run up to rounding."""
     steps_per_epoch, layouts = 128 // 64, []
     contiguous = config(tmp_path / "contiguous", method=method, epochs=2, train_subset=128)
-    with mock.patch.object(train_module, "build_method", lambda name, **kw: RecordsLayout(build_method(name, **kw), layouts)):
+    with recording_layouts(layouts):
         expected = train(contiguous).ensemble.state_dict()
     assert set(layouts) == {(False, False)}
     layouts.clear()
     channels_last = config(tmp_path / "channels_last", method=method, epochs=2, train_subset=128, channels_last=True)
-    with mock.patch.object(train_module, "build_method", lambda name, **kw: RecordsLayout(build_method(name, **kw), layouts, steps_per_epoch + 1)):
+    with recording_layouts(layouts, calls=steps_per_epoch + 1):
         with pytest.raises(KeyboardInterrupt):
             train(channels_last)
-    with mock.patch.object(train_module, "build_method", lambda name, **kw: RecordsLayout(build_method(name, **kw), layouts)):
+    with recording_layouts(layouts):
         resumed = train(channels_last, resume=True).ensemble.state_dict()
     assert set(layouts) == {(True, True)}
     # The layouts' kernels sum in different orders; the rounding differences grow through BatchNorm
