@@ -2,11 +2,13 @@
 that gradient's backward, against PyTorch's own max-pooling autograd, first and second order."""
 
 import itertools
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES
+from conftest import CUDA_SKIP_REASON, DEVICES
 
 from edlcm_ext import ops
 from edlcm_ext.pool import max_pool2d
@@ -75,6 +77,24 @@ def test_gather_by_hand():
         ops.max_pool2d_gather(values, indices + 1)
     with pytest.raises(RuntimeError, match="indices must be int64"):
         ops.max_pool2d_gather(values, indices.int())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_SKIP_REASON)
+def test_cuda_gather_asserts_on_an_index_outside_the_plane():
+    """The CUDA kernel's form of the CPU check above: a device-side assert. That assert leaves the
+    process's CUDA context unusable, so the call runs in a child process, after an in-range call
+    that must succeed there (so the failure is the index's, not the setup's)."""
+    child = (
+        "import torch\n"
+        "from edlcm_ext import ops\n"
+        "values = torch.arange(12.0, device='cuda').view(1, 1, 3, 4)\n"
+        "print(ops.max_pool2d_gather(values, torch.tensor([[[[11]]]], device='cuda')).item(), flush=True)\n"
+        "ops.max_pool2d_gather(values, torch.tensor([[[[12]]]], device='cuda'))\n"
+        "torch.cuda.synchronize()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip() == "11.0", result.stderr
+    assert result.returncode != 0 and "device-side assert" in result.stderr, result.stderr
 
 
 def test_third_order_raises_clear_error():
