@@ -4,6 +4,7 @@ import torch
 from edlcm_ext.ensemble import Ensemble
 from edlcm_ext.models import MODELS, build_model
 from edlcm_ext.models.layers import Classifier
+from edlcm_ext.models.resnet import BasicBlock
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
@@ -13,6 +14,24 @@ def test_every_architecture_maps_images_to_logits(arch):
     x = torch.rand(2, 3, 32, 32)
     assert model(x).shape == (2, 7)
     assert model.body(x).shape == (2, model.classifier.in_features)
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet18", "resnet34"])
+def test_residual_blocks_start_as_their_shortcut(arch):
+    """Zero-init residual: at initialization every block is relu(shortcut(x)), in train and eval mode."""
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10)
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert blocks
+    seen = []
+    for block in blocks:
+        block.register_forward_hook(lambda block, inputs, output: seen.append((output, block.shortcut(inputs[0]).relu())))
+    for mode in (True, False):
+        model.train(mode)
+        model(torch.rand(2, 3, 16, 16))
+    assert len(seen) == 2 * len(blocks)
+    for output, shortcut in seen:
+        torch.testing.assert_close(output, shortcut, rtol=0, atol=0)
 
 
 def test_small_inputs_and_grayscale():
