@@ -1,4 +1,5 @@
-"""experiments/cost_robustness.py: each run's cost from the bench mode its config names."""
+"""experiments/: cost_robustness.py (each run's cost from the bench mode its config names) and
+regularizer_scale.py (weight-gradient norms of eq 11's terms)."""
 
 import importlib.util
 import json
@@ -6,10 +7,21 @@ import os
 
 import pytest
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "experiments", "cost_robustness.py")
-spec = importlib.util.spec_from_file_location("cost_robustness", SCRIPT)
-cost_robustness = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(cost_robustness)
+import torch
+from torch import nn
+
+from edlcm_ext import HvpCurvatureLoss
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "..", "experiments", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cost_robustness = load_script("cost_robustness")
+regularizer_scale = load_script("regularizer_scale")
 
 
 @pytest.mark.parametrize("config, mode", [
@@ -54,3 +66,23 @@ def test_table_and_figure_from_eval_and_bench_reports(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps(bench))
     with pytest.raises(ValueError, match=r"no mode \['every4_cl'\]"):
         cost_robustness.main([str(tmp_path / "results.json"), str(tmp_path / "bench.json"), str(tmp_path / "out")])
+
+
+def test_regularizer_scale_reports_each_terms_weight_gradient():
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 3)).double() for _ in range(2)]
+    x, y = torch.rand(8, 3, 2, 2, dtype=torch.float64), torch.randint(0, 3, (8,))
+    mean = regularizer_scale.term_gradient_norms(models, x, y, HvpCurvatureLoss(alpha=1.0, beta=0.5, reduction="mean"))
+    # the CE's norm from a plain backward of the members' summed batch-mean CE
+    for m in models:
+        m.zero_grad()
+    sum(nn.functional.cross_entropy(m(x), y) for m in models).backward()
+    direct = torch.sqrt(sum((p.grad ** 2).sum() for m in models for p in m.parameters()))
+    assert mean["grad_ce"] == pytest.approx(float(direct), rel=1e-12)
+    # alpha and beta scale their own term's value and gradient, and only theirs; "sum" is B times "mean" for L_r
+    scaled = regularizer_scale.term_gradient_norms(models, x, y, HvpCurvatureLoss(alpha=3.0, beta=2.0, reduction="sum"))
+    assert scaled["grad_alpha_l_r"] == pytest.approx(3.0 * 8 * mean["grad_alpha_l_r"], rel=1e-9)
+    assert scaled["alpha_l_r"] == pytest.approx(3.0 * 8 * mean["alpha_l_r"], rel=1e-9)
+    assert scaled["grad_beta_l_g"] == pytest.approx(4.0 * mean["grad_beta_l_g"], rel=1e-9)
+    assert scaled["grad_ce"] == pytest.approx(mean["grad_ce"], rel=1e-12)
+    assert mean["grad_alpha_l_r"] > 0 and mean["grad_beta_l_g"] > 0
