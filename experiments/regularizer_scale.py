@@ -13,6 +13,7 @@ Markdown table, one row per source and convention, averaged over --batches batch
 from __future__ import annotations
 
 import argparse
+import pathlib
 import platform
 import time
 from typing import Sequence
@@ -76,19 +77,17 @@ def main() -> None:
              "Members in train mode, as in a training step.", "",
              "| weights | reduction | CE | alpha·L_r | beta·L_g | ‖∇CE‖ | ‖∇ alpha·L_r‖ | ‖∇ beta·L_g‖ | ‖∇ alpha·L_r‖ / ‖∇CE‖ |",
              "|---|---|---|---|---|---|---|---|---|"]
-    print("\n".join(lines), flush=True)
     for source in args.checkpoint or ["init"]:
         label, models = members_at(source, args.arch)
         models = [m.train() for m in models]
         for reduction in ("mean", "sum"):
             r = average_over_batches(models, batches, HvpCurvatureLoss(alpha=args.alpha, beta=args.beta, reduction=reduction))
-            line = (f"| {label} | {reduction} | {r['ce']:.3g} | {r['alpha_l_r']:.3g} | {r['beta_l_g']:.3g} | {r['grad_ce']:.3g} | "
-                    f"{r['grad_alpha_l_r']:.3g} | {r['grad_beta_l_g']:.3g} | {r['grad_alpha_l_r'] / r['grad_ce']:.3g} |")
-            print(line, flush=True)
-            lines.append(line)
+            lines.append(f"| {label} | {reduction} | {r['ce']:.3g} | {r['alpha_l_r']:.3g} | {r['beta_l_g']:.3g} | {r['grad_ce']:.3g} | "
+                         f"{r['grad_alpha_l_r']:.3g} | {r['grad_beta_l_g']:.3g} | {r['grad_alpha_l_r'] / r['grad_ce']:.3g} |")
+    report = "\n".join(lines) + "\n"
+    print(report, end="")
     if args.out:
-        with open(args.out, "w") as out:
-            out.write("\n".join(lines) + "\n")
+        pathlib.Path(args.out).write_text(report)
 
 
 if __name__ == "__main__":
