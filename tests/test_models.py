@@ -34,6 +34,15 @@ def test_residual_blocks_start_as_their_shortcut(arch):
         torch.testing.assert_close(output, shortcut, rtol=0, atol=0)
 
 
+def test_vgg_linear_layer_has_torchvisions_init():
+    """N(0, 0.01) weights and zero bias (PyTorch's default would be U(+-1/sqrt(512)), std 0.026)."""
+    torch.manual_seed(0)
+    classifier = build_model("vgg16_bn", num_classes=10).classifier
+    assert classifier.weight.std().item() == pytest.approx(0.01, rel=0.05)  # 5120 draws: ~1% spread
+    assert classifier.weight.mean().abs().item() < 0.001
+    assert torch.equal(classifier.bias, torch.zeros(10))
+
+
 def test_small_inputs_and_grayscale():
     model = build_model("small_cnn", num_classes=10, in_channels=1).eval()
     assert model(torch.rand(3, 1, 8, 8)).shape == (3, 10)
