@@ -145,7 +145,7 @@ def _attack_list(text: str) -> list[str]:
 def command_eval(args: argparse.Namespace) -> int:
     settings = EvalSettings(
         checkpoints=args.checkpoint, names=args.name or None, attacks=args.attacks, eps=args.eps, tsr_eps=args.tsr_eps,
-        surrogates=args.surrogate, large_eps=args.large_eps, max_samples=args.max_samples, batch_size=args.batch_size,
+        surrogates=args.surrogate, black_box_attacks=args.black_box_attacks, large_eps=args.large_eps, max_samples=args.max_samples, batch_size=args.batch_size,
         data_dir=args.data_dir, out_dir=args.out_dir, cache_dir=args.cache_dir, device=args.device, apgd_iterations=args.apgd_iterations,
         pgd_restarts=args.pgd_restarts, square_queries=args.square_queries, curvature=args.curvature, progress=not args.no_progress)
     try:
@@ -184,6 +184,8 @@ def main(argv=None) -> int:
     evaluation.add_argument("--eps", type=_float_list, default=None, help="comma-separated; default: PDD's for the dataset")
     evaluation.add_argument("--tsr-eps", type=_float_list, default=[], help="also the member transfer matrix and TSR (eq 12)")
     evaluation.add_argument("--surrogate", action="append", default=[], help="checkpoint of a black-box surrogate ensemble")
+    evaluation.add_argument("--black-box-attacks", type=_attack_list, default=None,
+                            help="attacks crafted on each surrogate and transferred (default: those of --attacks)")
     evaluation.add_argument("--large-eps", type=float, default=0.3, help="sanity check: PGD accuracy here should be ~0 (0: skip)")
     evaluation.add_argument("--max-samples", type=int, default=0, help="a fixed random subset of N test images")
     evaluation.add_argument("--batch-size", type=int, default=256)

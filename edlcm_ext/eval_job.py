@@ -40,6 +40,7 @@ class EvalSettings:
     eps: Optional[list[float]] = None  # default: DEFAULT_EPS of the checkpoint's dataset
     tsr_eps: list[float] = field(default_factory=list)
     surrogates: list[str] = field(default_factory=list)
+    black_box_attacks: Optional[list[str]] = None  # crafted on each surrogate; default: attacks
     large_eps: float = 0.3
     max_samples: int = 0
     batch_size: int = 256
@@ -137,7 +138,7 @@ def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: tor
                 label += f" ({os.path.basename(os.path.dirname(os.path.abspath(surrogate_path)))})"
             surrogate_fingerprint = checkpoint_fingerprint(surrogate_path)
             result["black_box"][label] = {}
-            for a in settings.attacks:
+            for a in settings.black_box_attacks or settings.attacks:
                 result["black_box"][label][a] = {}
                 for e in eps_values:
                     def compute(a=a, e=e):

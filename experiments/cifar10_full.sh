@@ -2,7 +2,8 @@
 # The evidence run (issue "Evidence that decides"): every method trains 3 small CNNs on the full
 # CIFAR-10 (JPEG re-encoded) train set, 50,000 images, with the same seed, schedule and epochs;
 # clean accuracy on all 10,000 test images; strong attacks (APGD-CE, APGD-DLR) plus the paper's on a
-# fixed 1,000-image test subset at eps 0.01, 0.02, 0.03; black-box transfer; curvature diagnostics.
+# fixed 1,000-image test subset at eps 0.01, 0.02, 0.03; black-box transfer from a vgg16_bn and a
+# second-seed Base surrogate; curvature diagnostics.
 # Hours on 2 CPU cores: run it in the background and rerun after any interruption, finished epochs,
 # runs and attacks are skipped (checkpoints every epoch, per-attack flag cache). Keep OUT outside
 # the work tree (a new session lays the tree anew) and never commit it; RESULTS gets the small records.
@@ -22,6 +23,7 @@ RESULTS=${RESULTS:-results/cifar10_full}
 EPOCHS=${EPOCHS:-20}
 SAMPLES=${SAMPLES:-1000}
 EVAL=${EVAL:-1}  # 0: train only
+SURROGATE_EPOCHS=${SURROGATE_EPOCHS:-5}  # the vgg16_bn surrogate's (it only has to transfer)
 # Step costs of every run's mode, timed side by side on an otherwise idle machine (bench/step.py --methods).
 BENCH=${BENCH:-bench/results/step_2026-11-26_cpu_small_cnn.json}
 mkdir -p "$OUT" "$RESULTS/training"
@@ -54,12 +56,20 @@ for run in "${RUNS[@]}"; do
   cp "$OUT/$name/log.jsonl" "$RESULTS/training/$name.jsonl"
   names+=("$name")
 done
-python experiments/summarize_training.py "$OUT" "${names[@]}" > "$RESULTS/training.md"
+# Black-box surrogates (as in experiments/cifar10_jpeg.sh, the paper's two kinds): another architecture,
+# 1x vgg16_bn trained as Base, and the same architecture trained apart, base_seed1 (above). The
+# transferred examples are the paper's kind (FGSM, BIM, PGD): APGD's 100 iterations and Square's 5000
+# queries on a VGG-16 would cost hours on 2 cores, and Square already attacks each target directly.
+echo "== train surrogate_vgg16_bn ($(date -u +%H:%M))"
+edlcm train --method base "${COMMON[@]}" --arch vgg16_bn --members 1 --epochs "$SURROGATE_EPOCHS" --out-dir "$OUT/surrogate_vgg16_bn"
+cp "$OUT/surrogate_vgg16_bn/log.jsonl" "$RESULTS/training/surrogate_vgg16_bn.jsonl"
+python experiments/summarize_training.py "$OUT" "${names[@]}" surrogate_vgg16_bn > "$RESULTS/training.md"
 [ "$EVAL" = 1 ] || exit 0
 
 checkpoints=()
 for name in "${names[@]}"; do checkpoints+=(--checkpoint "$OUT/$name/checkpoint.pt" --name "$name"); done
 echo "== evaluate ($(date -u +%H:%M))"
-edlcm eval "${checkpoints[@]}" --attacks default --eps 0.01,0.02,0.03 --max-samples "$SAMPLES" --curvature 200 \
+edlcm eval "${checkpoints[@]}" --surrogate "$OUT/surrogate_vgg16_bn/checkpoint.pt" --surrogate "$OUT/base_seed1/checkpoint.pt" \
+  --black-box-attacks fgsm,bim,pgd --attacks default --eps 0.01,0.02,0.03 --max-samples "$SAMPLES" --curvature 200 \
   --out-dir "$RESULTS" --cache-dir "$OUT/eval_flags" --no-progress
 python experiments/cost_robustness.py "$RESULTS/results.json" "$BENCH" "$RESULTS" --eps 0.01,0.03

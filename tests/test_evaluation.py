@@ -167,6 +167,13 @@ def test_eval_cli_writes_table_plots_and_resumes_from_cache(trained_run, tmp_pat
          mock.patch.object(eval_job, "craft", wraps=eval_job.craft) as craft:
         assert cli_main(args) == 0
     assert craft.call_count == 3 * 2  # each attack and eps once, shared by both checkpoints
+    # --black-box-attacks: only those are crafted on the surrogate, the white-box rows are unchanged
+    with mock.patch.object(eval_job, "attack_flags", side_effect=AssertionError("recomputed")), \
+         mock.patch.object(eval_job, "craft", wraps=eval_job.craft) as craft:
+        assert cli_main(args + ["--black-box-attacks", "fgsm"]) == 0
+    assert craft.call_count == 0  # read from the cache of the run above
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    assert set(results["a"]["black_box"]["small_cnnx3"]) == {"fgsm"} and set(results["a"]["attacks"]) == {"fgsm", "pgd", "apgd"}
 
 
 def test_power_iteration_finds_the_largest_eigenvalue_of_a_known_hessian():
