@@ -20,7 +20,7 @@ def vgg16_bn(num_classes: int, in_channels: int = 3) -> Classifier:
     classifier = nn.Linear(channels, num_classes)
     # torchvision's VGG initialization of the linear layer: logits start near 0. With PyTorch's default
     # the summed CE of 3 members spikes to 16.1 in the first 100 steps at the paper's lr 0.02 and ends
-    # them at chance (6.94); with this, max 10.2 and 6.53 (results/paper_defaults/vgg16_bn_first100_steps.md).
+    # them at chance (6.94); with this, max 10.6 and 6.10 (results/paper_defaults/vgg16_bn_first100_steps.md).
     nn.init.normal_(classifier.weight, 0.0, 0.01)
     nn.init.zeros_(classifier.bias)
     return Classifier(nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), classifier)
