@@ -12,9 +12,10 @@
 # `echo 19 > /proc/<its pid>/autogroup`; `nice` alone does not (the kernel balances sessions first,
 # and here an unniced 2-thread foreground job ran 10x slower). Epoch seconds in log.jsonl are then no
 # cost measure: training cost relative to Base comes from bench/step.py, run side by side.
-# Runs go in the issue's priority order, so a cut-short budget drops the least important ones; the
-# paper-defaults issue's alpha sweep (x10 early: on small CNNs the default "mean" convention starts
-# with alpha * L_r / CE = 0.0004, results/paper_defaults/) decides which alpha the comparison uses.
+# Runs go in priority order, so a cut-short budget drops the least important ones. The paper-defaults
+# issue's alpha sweep (default, x10, x0.1) comes first: it decides which alpha the comparison uses
+# (on small CNNs the default "mean" convention starts with alpha * L_r / CE = 0.0004,
+# results/paper_defaults/). The evidence issue's ablations follow in its order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10-jpeg}
@@ -29,11 +30,15 @@ BENCH=${BENCH:-bench/results/step_2026-11-26_cpu_small_cnn.json}
 mkdir -p "$OUT" "$RESULTS/training"
 COMMON=(--dataset imagefolder --data-dir "$DATA" --arch small_cnn --members 3 --epochs "$EPOCHS" --channels-last --no-progress --resume)
 
-# name method seed extra --set options, in the issue's order of priority
-RUNS=(
+# name method seed extra --set options. First the alpha sweep (evaluated as soon as it is trained),
+# then the evidence issue's runs in its order of priority.
+SWEEP=(
   "base base 0"
   "edlcm edlcm 0"
   "edlcm_alpha10 edlcm 0 alpha=10.0"
+  "edlcm_alpha0.1 edlcm 0 alpha=0.1"
+)
+ABLATIONS=(
   "edlcm_every4 edlcm 0 every=4"
   "adp adp 0"
   "pdd pdd 0"
@@ -44,18 +49,33 @@ RUNS=(
   "base_seed1 base 1"
   "edlcm_seed1 edlcm 1"
   "edlcm_lg edlcm_lg 0"
-  "edlcm_alpha0.1 edlcm 0 alpha=0.1"
 )
 names=()
-for run in "${RUNS[@]}"; do
-  read -r name method seed options <<< "$run"
-  sets=()
-  for option in $options; do sets+=(--set "$option"); done
-  echo "== train $name ($(date -u +%H:%M))"
-  edlcm train --method "$method" --seed "$seed" "${COMMON[@]}" "${sets[@]}" --out-dir "$OUT/$name"
-  cp "$OUT/$name/log.jsonl" "$RESULTS/training/$name.jsonl"
-  names+=("$name")
-done
+train() {
+  for run in "$@"; do
+    read -r name method seed options <<< "$run"
+    sets=()
+    for option in $options; do sets+=(--set "$option"); done
+    echo "== train $name ($(date -u +%H:%M))"
+    edlcm train --method "$method" --seed "$seed" "${COMMON[@]}" "${sets[@]}" --out-dir "$OUT/$name"
+    cp "$OUT/$name/log.jsonl" "$RESULTS/training/$name.jsonl"
+    names+=("$name")
+  done
+}
+# evaluate OUT_DIR [edlcm eval options...]: every run trained so far, white-box with the strongest
+# attacks. The flag cache is shared, so the final evaluation reuses the sweep's attacks.
+evaluate() {
+  local out_dir=$1 checkpoints=()
+  shift
+  for name in "${names[@]}"; do checkpoints+=(--checkpoint "$OUT/$name/checkpoint.pt" --name "$name"); done
+  echo "== evaluate $out_dir ($(date -u +%H:%M))"
+  edlcm eval "${checkpoints[@]}" --attacks default --eps 0.01,0.02,0.03 --max-samples "$SAMPLES" --curvature 200 \
+    --out-dir "$out_dir" --cache-dir "$OUT/eval_flags" --no-progress "$@"
+}
+
+train "${SWEEP[@]}"
+if [ "$EVAL" = 1 ]; then evaluate "$RESULTS/alpha_sweep"; fi
+train "${ABLATIONS[@]}"
 # Black-box surrogates (as in experiments/cifar10_jpeg.sh, the paper's two kinds): another architecture,
 # 1x vgg16_bn trained as Base, and the same architecture trained apart, base_seed1 (above). The
 # transferred examples are the paper's kind (FGSM, BIM, PGD): APGD's 100 iterations and Square's 5000
@@ -66,10 +86,6 @@ cp "$OUT/surrogate_vgg16_bn/log.jsonl" "$RESULTS/training/surrogate_vgg16_bn.jso
 python experiments/summarize_training.py "$OUT" "${names[@]}" surrogate_vgg16_bn > "$RESULTS/training.md"
 [ "$EVAL" = 1 ] || exit 0
 
-checkpoints=()
-for name in "${names[@]}"; do checkpoints+=(--checkpoint "$OUT/$name/checkpoint.pt" --name "$name"); done
-echo "== evaluate ($(date -u +%H:%M))"
-edlcm eval "${checkpoints[@]}" --surrogate "$OUT/surrogate_vgg16_bn/checkpoint.pt" --surrogate "$OUT/base_seed1/checkpoint.pt" \
-  --black-box-attacks fgsm,bim,pgd --attacks default --eps 0.01,0.02,0.03 --max-samples "$SAMPLES" --curvature 200 \
-  --out-dir "$RESULTS" --cache-dir "$OUT/eval_flags" --no-progress
+evaluate "$RESULTS" --surrogate "$OUT/surrogate_vgg16_bn/checkpoint.pt" --surrogate "$OUT/base_seed1/checkpoint.pt" \
+  --black-box-attacks fgsm,bim,pgd
 python experiments/cost_robustness.py "$RESULTS/results.json" "$BENCH" "$RESULTS" --eps 0.01,0.03
