@@ -2,7 +2,8 @@
 B=64) for the first steps on real CIFAR-10 (JPEG) batches, per architecture and L_r convention.
 
 Prints (and with --out writes) a Markdown table: sum of the members' CE over the first 5 and the
-last 10 steps (chance = 3 ln 10 = 6.9), the largest CE, alpha * L_r / CE at step 0, NaN or not.
+last 10 steps (chance = 3 ln 10 = 6.9), the largest CE, alpha * L_r / CE at the regularizer's first
+step, NaN or not, and the mean CE of each window of --window steps (the trend; progress on stderr).
 
     python experiments/paper_defaults.py --data-dir ../shared/data/cifar10-jpeg --steps 60 --out results/paper_defaults.md
 """
@@ -13,6 +14,7 @@ import argparse
 import functools
 import math
 import platform
+import sys
 import time
 
 import torch
@@ -39,12 +41,12 @@ ARCHITECTURES = {
 }
 
 
-def run(arch: str, setting: str, batches: list, seed: int = 0) -> dict:
+def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int = 0, window: int = 20) -> dict:
     """setting: "base", or an L_r convention ("mean", "sum") for EDLCM at the paper's alpha, beta."""
     torch.manual_seed(seed)
     models = [ARCHITECTURES[arch]().train() for _ in range(3)]
     optimizer = torch.optim.SGD([p for m in models for p in m.parameters()], lr=0.02, momentum=0.9, weight_decay=5e-4)
-    regularizer = None if setting == "base" else HvpCurvatureLoss(alpha=1.0, beta=0.01, reduction=setting)
+    regularizer = None if setting == "base" else HvpCurvatureLoss(alpha=1.0, beta=0.01, reduction=setting, alpha_warmup=alpha_warmup)
     ces, ratio, started = [], None, time.perf_counter()
     for x, y in batches:
         optimizer.zero_grad()
@@ -54,17 +56,21 @@ def run(arch: str, setting: str, batches: list, seed: int = 0) -> dict:
         else:
             terms = regularizer.terms(models, x, y)
             ce, loss = terms.ece, terms.ece + terms.total
-            if ratio is None:
-                ratio = float(regularizer.alpha * terms.l_r / terms.ece)
-        ces.append(float(ce))
+            if ratio is None and terms.applied:
+                ratio = float(regularizer.alpha * terms.l_r.detach() / terms.ece.detach())
+        ces.append(float(ce.detach()))
+        if len(ces) % window == 0:
+            print(f"  {arch} {setting} step {len(ces)}: mean CE {sum(ces[-window:]) / window:.3f}", file=sys.stderr, flush=True)
         if not math.isfinite(ces[-1]):
             break
         loss.backward()
         optimizer.step()
     finite = all(math.isfinite(c) for c in ces)
+    windows = [sum(ces[i:i + window]) / window for i in range(0, len(ces) - window + 1, window)]
     return {"arch": arch, "setting": setting, "steps": len(ces), "first5": sum(ces[:5]) / 5,
             "last10": sum(ces[-10:]) / 10 if finite else float("nan"), "max": max(ces) if finite else float("nan"),
-            "ratio0": ratio, "nan_at": None if finite else len(ces), "seconds": time.perf_counter() - started}
+            "ratio0": ratio, "windows": windows, "nan_at": None if finite else len(ces),
+            "seconds": time.perf_counter() - started}
 
 
 def main() -> None:
@@ -73,6 +79,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--arch", default=",".join(ARCHITECTURES))
     parser.add_argument("--settings", default="base,mean,sum")
+    parser.add_argument("--alpha-warmup", type=int, default=0, help="HvpCurvatureLoss's alpha_warmup (steps)")
+    parser.add_argument("--window", type=int, default=20, help="steps per window of the CE trend column")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     dataset, _ = load_dataset("imagefolder", args.data_dir, train=True)
@@ -82,16 +90,17 @@ def main() -> None:
     lines = [f"# Paper defaults on CIFAR-10 (JPEG): first {len(batches)} steps, B=64, 3 members",
              "", f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}, "
              f"{time.strftime('%Y-%m-%d')}. alpha=1, beta=0.01, SGD lr 0.02, momentum 0.9, wd 5e-4. "
-             "CE = sum of the 3 members' batch-mean CE (chance 6.91).", "",
-             "| arch | setting | CE first 5 | CE last 10 | CE max | alpha·L_r / CE at step 0 | NaN at step | s/step |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"alpha_warmup={args.alpha_warmup}. CE = sum of the 3 members' batch-mean CE (chance 6.91).", "",
+             f"| arch | setting | CE first 5 | CE last 10 | CE max | alpha·L_r / CE at first regularized step | NaN at step | s/step | mean CE per {args.window} steps |",
+             "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for arch in args.arch.split(","):
         for setting in args.settings.split(","):
-            r = run(arch, setting, batches)
+            r = run(arch, setting, batches, alpha_warmup=args.alpha_warmup, window=args.window)
             ratio = "–" if r["ratio0"] is None else f"{r['ratio0']:.3g}"
             line = (f"| {arch} | {'base' if setting == 'base' else 'edlcm, reduction=' + setting} | {r['first5']:.2f} | "
-                    f"{r['last10']:.2f} | {r['max']:.2f} | {ratio} | {r['nan_at'] or '–'} | {r['seconds'] / r['steps']:.2f} |")
+                    f"{r['last10']:.2f} | {r['max']:.2f} | {ratio} | {r['nan_at'] or '–'} | {r['seconds'] / r['steps']:.2f} | "
+                    f"{' '.join(f'{w:.2f}' for w in r['windows'])} |")
             print(line, flush=True)
             lines.append(line)
     if args.out:

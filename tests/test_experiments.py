@@ -1,5 +1,5 @@
-"""experiments/: cost_robustness.py (each run's cost from the bench mode its config names) and
-regularizer_scale.py (weight-gradient norms of eq 11's terms)."""
+"""experiments/: cost_robustness.py (each run's cost from the bench mode its config names),
+regularizer_scale.py (weight-gradient norms of eq 11's terms) and paper_defaults.py (first steps)."""
 
 import importlib.util
 import json
@@ -22,6 +22,7 @@ def load_script(name: str):
 
 cost_robustness = load_script("cost_robustness")
 regularizer_scale = load_script("regularizer_scale")
+paper_defaults = load_script("paper_defaults")
 
 
 @pytest.mark.parametrize("config, mode", [
@@ -86,3 +87,15 @@ def test_regularizer_scale_reports_each_terms_weight_gradient():
     assert scaled["grad_beta_l_g"] == pytest.approx(4.0 * mean["grad_beta_l_g"], rel=1e-9)
     assert scaled["grad_ce"] == pytest.approx(mean["grad_ce"], rel=1e-12)
     assert mean["grad_alpha_l_r"] > 0 and mean["grad_beta_l_g"] > 0
+
+
+def test_paper_defaults_reports_the_ratio_at_the_first_regularized_step_and_windows_of_ce():
+    torch.manual_seed(0)
+    batches = [(torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(5)]
+    report = paper_defaults.run("small_cnn", "mean", batches, alpha_warmup=2, window=2)
+    # calls 0 and 1 of a 2-step warm-up run without the regularizer (weight 0): its ratio is call 2's
+    assert report["ratio0"] > 0
+    assert report["steps"] == 5 and len(report["windows"]) == 2  # the 5th step fills no window
+    ces = paper_defaults.run("small_cnn", "base", batches, window=1)["windows"]
+    assert paper_defaults.run("small_cnn", "base", batches, window=2)["windows"] == pytest.approx(
+        [(ces[0] + ces[1]) / 2, (ces[2] + ces[3]) / 2])
