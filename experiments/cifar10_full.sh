@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The evidence run (issue "Evidence that decides"): every method trains 3 small CNNs on the full
+# The evidence run (issue "Evidence that decides"): every method trains 3 members ($ARCH, small_cnn) on the full
 # CIFAR-10 (JPEG re-encoded) train set, 50,000 images, with the same seed, schedule and epochs;
 # clean accuracy on all 10,000 test images; strong attacks (APGD-CE, APGD-DLR) plus the paper's on a
 # fixed 1,000-image test subset at eps 0.01, 0.02, 0.03; black-box transfer from a vgg16_bn and a
@@ -21,14 +21,16 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10-jpeg}
 OUT=${OUT:-$HOME/edlcm-runs/cifar10_full}
 RESULTS=${RESULTS:-results/cifar10_full}
+ARCH=${ARCH:-small_cnn}  # the sweep also asks for resnet20: ARCH=resnet20 SWEEP_ONLY=1 with its own OUT, RESULTS
 EPOCHS=${EPOCHS:-20}
 SAMPLES=${SAMPLES:-1000}
 EVAL=${EVAL:-1}  # 0: train only
+SWEEP_ONLY=${SWEEP_ONLY:-0}  # 1: stop after the alpha sweep
 SURROGATE_EPOCHS=${SURROGATE_EPOCHS:-5}  # the vgg16_bn surrogate's (it only has to transfer)
 # Step costs of every run's mode, timed side by side on an otherwise idle machine (bench/step.py --methods).
 BENCH=${BENCH:-bench/results/step_2026-11-26_cpu_small_cnn.json}
 mkdir -p "$OUT" "$RESULTS/training"
-COMMON=(--dataset imagefolder --data-dir "$DATA" --arch small_cnn --members 3 --epochs "$EPOCHS" --channels-last --no-progress --resume)
+COMMON=(--dataset imagefolder --data-dir "$DATA" --arch "$ARCH" --members 3 --epochs "$EPOCHS" --channels-last --no-progress --resume)
 
 # name method seed extra --set options. First the alpha sweep (evaluated as soon as it is trained),
 # then the evidence issue's runs in its order of priority.
@@ -75,6 +77,7 @@ evaluate() {
 
 train "${SWEEP[@]}"
 if [ "$EVAL" = 1 ]; then evaluate "$RESULTS/alpha_sweep"; fi
+[ "$SWEEP_ONLY" = 0 ] || exit 0
 train "${ABLATIONS[@]}"
 # Black-box surrogates (as in experiments/cifar10_jpeg.sh, the paper's two kinds): another architecture,
 # 1x vgg16_bn trained as Base, and the same architecture trained apart, base_seed1 (above). The
