@@ -47,7 +47,7 @@ def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int
     models = [ARCHITECTURES[arch]().train() for _ in range(3)]
     optimizer = torch.optim.SGD([p for m in models for p in m.parameters()], lr=0.02, momentum=0.9, weight_decay=5e-4)
     regularizer = None if setting == "base" else HvpCurvatureLoss(alpha=1.0, beta=0.01, reduction=setting, alpha_warmup=alpha_warmup)
-    ces, ratio, started = [], None, time.perf_counter()
+    ces, windows, ratio, started = [], [], None, time.perf_counter()
     for x, y in batches:
         optimizer.zero_grad()
         if regularizer is None:
@@ -60,16 +60,16 @@ def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int
                 ratio = float(regularizer.alpha * terms.l_r.detach() / terms.ece.detach())
         ces.append(float(ce.detach()))
         if len(ces) % window == 0:
-            print(f"  {arch} {setting} step {len(ces)}: mean CE {sum(ces[-window:]) / window:.3f}", file=sys.stderr, flush=True)
+            windows.append(sum(ces[-window:]) / window)
+            print(f"  {arch} {setting} step {len(ces)}: mean CE {windows[-1]:.3f}", file=sys.stderr, flush=True)
         if not math.isfinite(ces[-1]):
             break
         loss.backward()
         optimizer.step()
     finite = all(math.isfinite(c) for c in ces)
-    windows = [sum(ces[i:i + window]) / window for i in range(0, len(ces) - window + 1, window)]
     return {"arch": arch, "setting": setting, "steps": len(ces), "first5": sum(ces[:5]) / 5,
             "last10": sum(ces[-10:]) / 10 if finite else float("nan"), "max": max(ces) if finite else float("nan"),
-            "ratio0": ratio, "windows": windows, "nan_at": None if finite else len(ces),
+            "first_ratio": ratio, "windows": windows, "nan_at": None if finite else len(ces),
             "seconds": time.perf_counter() - started}
 
 
@@ -97,7 +97,7 @@ def main() -> None:
     for arch in args.arch.split(","):
         for setting in args.settings.split(","):
             r = run(arch, setting, batches, alpha_warmup=args.alpha_warmup, window=args.window)
-            ratio = "–" if r["ratio0"] is None else f"{r['ratio0']:.3g}"
+            ratio = "–" if r["first_ratio"] is None else f"{r['first_ratio']:.3g}"
             line = (f"| {arch} | {'base' if setting == 'base' else 'edlcm, reduction=' + setting} | {r['first5']:.2f} | "
                     f"{r['last10']:.2f} | {r['max']:.2f} | {ratio} | {r['nan_at'] or '–'} | {r['seconds'] / r['steps']:.2f} | "
                     f"{' '.join(f'{w:.2f}' for w in r['windows'])} |")

@@ -94,7 +94,7 @@ def test_paper_defaults_reports_the_ratio_at_the_first_regularized_step_and_wind
     batches = [(torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(5)]
     report = paper_defaults.run("small_cnn", "mean", batches, alpha_warmup=2, window=2)
     # calls 0 and 1 of a 2-step warm-up run without the regularizer (weight 0): its ratio is call 2's
-    assert report["ratio0"] > 0
+    assert report["first_ratio"] > 0
     assert report["steps"] == 5 and len(report["windows"]) == 2  # the 5th step fills no window
     ces = paper_defaults.run("small_cnn", "base", batches, window=1)["windows"]
     assert paper_defaults.run("small_cnn", "base", batches, window=2)["windows"] == pytest.approx(
