@@ -27,6 +27,7 @@ from edlcm_ext.data import CIFAR10_INFO, load_dataset
 from edlcm_ext.models import build_model
 from edlcm_ext.train import load_checkpoint
 
+
 def term_gradient_norms(models: Sequence[nn.Module], x: Tensor, y: Tensor, regularizer: HvpCurvatureLoss) -> dict:
     """Values of CE, alpha*L_r, beta*L_g and the L2 norms of their gradients over all members' weights."""
     terms = regularizer.terms(models, x, y)
