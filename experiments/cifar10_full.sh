@@ -15,7 +15,9 @@
 # Runs go in priority order, so a cut-short budget drops the least important ones. The paper-defaults
 # issue's alpha sweep (default, x10, x0.1) comes first: it decides which alpha the comparison uses
 # (on small CNNs the default "mean" convention starts with alpha * L_r / CE = 0.0004,
-# results/paper_defaults/). The evidence issue's ablations follow in its order.
+# results/paper_defaults/). Its last run is the old "sum" convention, alpha x B = x64 under "mean":
+# the preliminary results (docs/results.md) trained EDLCM so, and it shows whether their gain needs
+# that scale. The evidence issue's ablations follow in its order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10-jpeg}
@@ -39,6 +41,7 @@ SWEEP=(
   "edlcm edlcm 0"
   "edlcm_alpha10 edlcm 0 alpha=10.0"
   "edlcm_alpha0.1 edlcm 0 alpha=0.1"
+  "edlcm_sum edlcm 0 reduction=sum"
 )
 ABLATIONS=(
   "edlcm_every4 edlcm 0 every=4"
