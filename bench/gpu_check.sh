@@ -1,28 +1,58 @@
 #!/usr/bin/env bash
-# The one command to run the first time a GPU is lent (one device call, under 9 minutes on an H100):
+# The one command to run when a GPU is lent (one device call; stops itself after GPU_CHECK_SECONDS,
+# default 450, so that a lease of 15 minutes leaves room for its start and a second, shorter call):
 #   bash bench/gpu_check.sh            # results under $OUT (the device tool's folder) or bench/results/
+# In order of what only a GPU can show, each step time-boxed:
 # 1. builds the extension in place against the machine's own torch (editable: no isolation, no
-#    dependency installs), so the tests and the bench import this checkout with its kernels;
-# 2. runs the whole test suite there (the CUDA variants run; tests needing torchattacks, absent on
-#    the device image, skip with a reason);
-# 3. times bench/step.py on 3x ResNet-18 with CIFAR-100 shapes, B=64: plain, reference, fused, every4,
-#    fraction25, first_order; contiguous and channels_last; fp32 and bf16 autocast; peak memory;
-#    recorded with the machine, torch version, commit and date.
+#    dependency installs; with a GPU visible torch builds for that GPU's architecture only);
+# 2. runs the CUDA tests (every test parametrized on "cuda", and the CUDA-only ones);
+# 3. times bench/step.py on 3x ResNet-18 with CIFAR-100 shapes and 3x small_cnn, B=64: plain,
+#    reference, fused, every4, fraction25, first_order and the other methods; contiguous and
+#    channels_last; fp32 and bf16 autocast; peak memory; recorded with machine, torch, commit, date;
+# 4. runs `edlcm demo` (trainer and attacks end to end on the GPU);
+# 5. runs the whole suite with what time is left (tests needing torchattacks, absent on the device
+#    image, skip with a reason).
 # Targets to read the record against (issue "Cheap EDLCM"): exact <= 4x the best plain step, >= 3x
 # faster than the reference, peak memory <= 3x plain; every4 <= 1.5x the best plain step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST=${OUT:-bench/results}
+BUDGET=${GPU_CHECK_SECONDS:-450}
 mkdir -p "$DEST"
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
 status=0
+seconds_left() { echo $((BUDGET - SECONDS)); }
+# timeout for a step: its own cap, or what is left of the budget when that is less
+step_limit() { local left; left=$(seconds_left); echo $(($1 < left ? $1 : left)); }
+
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$DEST/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$DEST/gpu.txt"
-echo "== build" && timeout 240 python3 -m pip install --no-build-isolation --no-deps -q -e . > "$DEST/build.log" 2>&1 \
+
+echo "== build"
+timeout "$(step_limit 220)" python3 -m pip install --no-build-isolation --no-deps -q -e . > "$DEST/build.log" 2>&1 \
   || { echo "build failed, see build.log"; tail -30 "$DEST/build.log"; exit 1; }
-echo "== tests" && timeout 200 python3 -m pytest -q -p no:cacheprovider --junitxml="$DEST/pytest.xml" \
-  > "$DEST/pytest.log" 2>&1 || status=1
-tail -15 "$DEST/pytest.log"
-echo "== bench" && timeout 200 python3 bench/step.py --configs resnet18 --amp --repeats 10 \
-  --json "$DEST/step_cuda_resnet18.json" --record 2>&1 | tee "$DEST/step.log" || status=1
+echo "built in ${SECONDS} s"
+
+echo "== CUDA tests"
+timeout "$(step_limit 120)" python3 -m pytest -q -p no:cacheprovider -k cuda > "$DEST/pytest_cuda.log" 2>&1 || status=1
+tail -12 "$DEST/pytest_cuda.log"
+
+echo "== bench ($(seconds_left) s left)"
+timeout "$(step_limit 150)" python3 bench/step.py --configs resnet18,small_cnn --amp --methods --repeats 10 \
+  --record > "$DEST/step.log" 2>&1 || status=1
+cat "$DEST/step.log"
 cp bench/results/step_*cuda* "$DEST/" 2>/dev/null || true
+
+echo "== demo ($(seconds_left) s left)"
+timeout "$(step_limit 90)" python3 -m edlcm_ext demo --no-progress --out-dir /tmp/demo > "$DEST/demo.log" 2>&1 || status=1
+tail -15 "$DEST/demo.log"
+
+left=$(($(seconds_left) - 5))
+if [ "$left" -gt 30 ]; then
+  echo "== whole suite (${left} s)"
+  workers=()
+  python3 -c "import xdist" 2>/dev/null && workers=(-n 8)
+  timeout "$left" python3 -m pytest -q -p no:cacheprovider "${workers[@]}" > "$DEST/pytest_all.log" 2>&1 || status=1
+  tail -25 "$DEST/pytest_all.log"
+fi
 exit $status
