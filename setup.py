@@ -7,11 +7,19 @@ GPU is visible: the build machines have nvcc but no GPU. EDLCM_EXT_CUDA=0/1 over
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(ROOT, "csrc")
+# The shared libstdc++, named before the libraries the compiler driver adds at the end of the link,
+# so that it defines every std:: symbol the module uses. Where a toolchain's flags hold
+# -static-libstdc++, the module would otherwise carry a private copy of libstdc++; Debian and
+# Ubuntu's Python links extensions with -Bsymbolic-functions, so the copy's functions then run on
+# the process's libstdc++ data, and formatting a number breaks: kernel error messages were cut at
+# the first number here, and crashed the process on the GPU machine (Ubuntu 24.04, torch 2.11).
+SHARED_LIBSTDCXX = ["-lstdc++"] if sys.platform.startswith("linux") else []
 # CUDA 13 builds nothing older than sm_75; A100 (8.0) and H100 (9.0, plus PTX for newer GPUs).
 DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
 
@@ -77,7 +85,7 @@ def get_extensions():
     sources = _sources("csrc/*.cpp", "csrc/cpu/*.cpp")
     # at::parallel_for runs on one thread unless OpenMP is on at compile and link time.
     extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
-    kwargs = dict(extra_link_args=["-fopenmp"], include_dirs=[CSRC])
+    kwargs = dict(extra_link_args=["-fopenmp"] + SHARED_LIBSTDCXX, include_dirs=[CSRC])
     if want_cuda(torch.version.cuda, cuda_home):
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
