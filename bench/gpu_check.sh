@@ -11,7 +11,7 @@
 #    channels_last; fp32 and bf16 autocast; peak memory; recorded with machine, torch, commit, date;
 # 4. runs `edlcm demo` (trainer and attacks end to end on the GPU);
 # 5. runs the whole suite with what time is left (tests needing torchattacks, absent on the device
-#    image, skip with a reason).
+#    image, skip with a reason); both test steps use 8 xdist workers where pytest-xdist is installed.
 # Targets to read the record against (issue "Cheap EDLCM"): exact <= 4x the best plain step, >= 3x
 # faster than the reference, peak memory <= 3x plain; every4 <= 1.5x the best plain step.
 set -uo pipefail
@@ -33,8 +33,12 @@ timeout "$(step_limit 220)" python3 -m pip install --no-build-isolation --no-dep
   || { echo "build failed, see build.log"; tail -30 "$DEST/build.log"; exit 1; }
 echo "built in ${SECONDS} s"
 
+# Under xdist a test that crashes its process takes one worker, which is replaced, not the whole run.
+workers=()
+python3 -c "import xdist" 2>/dev/null && workers=(-n 8)
+
 echo "== CUDA tests"
-timeout "$(step_limit 120)" python3 -m pytest -q -p no:cacheprovider -k cuda > "$DEST/pytest_cuda.log" 2>&1 || status=1
+timeout "$(step_limit 120)" python3 -m pytest -q -p no:cacheprovider "${workers[@]}" -k cuda > "$DEST/pytest_cuda.log" 2>&1 || status=1
 tail -12 "$DEST/pytest_cuda.log"
 
 echo "== bench ($(seconds_left) s left)"
@@ -50,8 +54,6 @@ tail -15 "$DEST/demo.log"
 left=$(($(seconds_left) - 5))
 if [ "$left" -gt 30 ]; then
   echo "== whole suite (${left} s)"
-  workers=()
-  python3 -c "import xdist" 2>/dev/null && workers=(-n 8)
   timeout "$left" python3 -m pytest -q -p no:cacheprovider "${workers[@]}" > "$DEST/pytest_all.log" 2>&1 || status=1
   tail -25 "$DEST/pytest_all.log"
 fi
