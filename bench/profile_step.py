@@ -1,9 +1,13 @@
-"""Where a training step's time goes, by layer type, for the plain, reference and fused steps.
+"""Where a training step's time goes, by layer type, for the plain, reference and fused steps, and
+how many operators a step dispatches.
 
     python bench/profile_step.py [--config small_cnn] [--steps 3] [--record]
 
 Uses torch.profiler: the time of every autograd node (backward and double backward) and of every
-top-level forward op, grouped by the layer kind it belongs to, in ms per step.
+top-level forward op, grouped by the layer kind it belongs to, in ms per step. Then counts the ATen
+and edlcm_ext operators that reach a kernel (views excluded) in a step of each mode, the optimizer
+as on a GPU (multi-tensor updates): on a GPU each is about one kernel launch, which is what a step
+costs when the batch is too small to fill the GPU (the H100 record of bench/step.py).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from collections import defaultdict
 
 import torch
 from step import BASE_MODES, CONFIGS, make_batch, make_ensemble, make_step, record_markdown
+from torch.utils._python_dispatch import TorchDispatchMode
 
 MODES = ("plain", "reference", "fused", "first_order")
+COUNTED_MODES = ("plain", "reference", "fused", "every4", "fraction25", "first_order")
 
 KINDS = (("batch_norm", ("batchnorm", "batch_norm")), ("convolution", ("convolution", "conv2d", "mkldnn")),
          ("max_pool", ("max_pool", "maxpool")), ("relu", ("relu", "threshold")), ("linear", ("addmm", "linear", "mm")))
@@ -43,6 +49,31 @@ def profile(mode: str, config, steps: int) -> dict[str, float]:
     return {kind: microseconds / 1000 / steps for kind, microseconds in per_kind.items()}
 
 
+class OperatorCounter(TorchDispatchMode):
+    """Counts the operators dispatched to kernels, views (no kernel) excluded. An operator's own
+    calls (inside a composite kernel or ours) run with the mode off, so each counts once."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def operators_per_step(mode: str, config) -> float:
+    """Operators per step, over ``every`` consecutive steps for an amortized mode."""
+    device, chosen = torch.device("cpu"), BASE_MODES[mode]
+    x, y = make_batch(config, device, chosen)
+    step = make_step(chosen, make_ensemble(config, device, chosen), foreach=True)
+    step(x, y)  # optimizer state allocated
+    with OperatorCounter() as counter:
+        for _ in range(chosen.every):
+            step(x, y)
+    return counter.count / chosen.every
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="small_cnn", choices=sorted(CONFIGS))
@@ -57,6 +88,10 @@ def main() -> None:
     for kind in kinds + ["total"]:
         cells = [sum(results[m].values()) if kind == "total" else results[m].get(kind, 0.0) for m in MODES]
         lines.append(f"| {kind} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+    counts = {mode: operators_per_step(mode, config) for mode in COUNTED_MODES}
+    lines += ["", "operators dispatched to kernels per step (views excluded; every4: mean of 4 consecutive steps)", "",
+              "| mode | operators | x plain |", "|---|---|---|"]
+    lines += [f"| {mode} | {count:.0f} | {count / counts['plain']:.2f} |" for mode, count in counts.items()]
     report = "\n".join(lines) + "\n"
     print(report)
     if args.record:

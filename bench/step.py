@@ -96,6 +96,9 @@ class Config:
 CONFIGS = {
     "small_cnn": Config("small_cnn", "small_cnn", members=3, classes=10, batch=64),
     "resnet18": Config("resnet18", "resnet18", members=3, classes=100, batch=64),
+    # Almost no arithmetic: a step's time is its host overhead (Python, dispatcher, autograd engine),
+    # which is what bounds the GPU step at batch 64 (bench/results/step_2026-11-26_cuda_*).
+    "overhead": Config("overhead", "small_cnn", members=3, classes=10, batch=2, image=16),
 }
 # --quick keeps both architectures but shrinks ResNet-18's batch to fit a minute on 2 CPU cores.
 QUICK_CONFIGS = {**CONFIGS, "resnet18": Config("resnet18-b8", "resnet18", members=3, classes=100, batch=8)}
@@ -117,10 +120,11 @@ def make_batch(config: Config, device: torch.device, mode: Mode = BASE_MODES["pl
     return x.to(device, memory_format=memory_format(mode)), y.to(device)
 
 
-def make_step(mode: Mode, models: list[torch.nn.Module]):
-    """A closure running one training step of ``mode`` on (x, y)."""
+def make_step(mode: Mode, models: list[torch.nn.Module], foreach: bool | None = None):
+    """A closure running one training step of ``mode`` on (x, y); ``foreach`` as torch.optim.SGD's
+    (None: multi-tensor updates on CUDA, a loop over parameters on the CPU)."""
     params = [p for m in models for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=5e-4, foreach=foreach)
     regularizer = edlcm_ext.HvpCurvatureLoss(gradient="first_order" if mode.loss == "first_order" else "exact",
                                             every=mode.every, batch_fraction=mode.batch_fraction)
 
