@@ -45,7 +45,8 @@ echo "== bench ($(seconds_left) s left)"
 timeout "$(step_limit 150)" python3 bench/step.py --configs resnet18,small_cnn --amp --methods --repeats 10 \
   --record > "$DEST/step.log" 2>&1 || status=1
 cat "$DEST/step.log"
-cp bench/results/step_*cuda* "$DEST/" 2>/dev/null || true
+record=$(sed -n 's/^recorded //p' "$DEST/step.log")  # only this run's record: $OUT takes 8 files
+[ -n "$record" ] && cp "$record.md" "$record.json" "$DEST/"
 
 echo "== demo ($(seconds_left) s left)"
 timeout "$(step_limit 90)" python3 -m edlcm_ext demo --no-progress --out-dir /tmp/demo > "$DEST/demo.log" 2>&1 || status=1
