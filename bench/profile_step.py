@@ -6,8 +6,8 @@ how many operators a step dispatches.
 Uses torch.profiler: the time of every autograd node (backward and double backward) and of every
 top-level forward op, grouped by the layer kind it belongs to, in ms per step. Then counts the ATen
 and edlcm_ext operators that reach a kernel (views excluded) in a step of each mode, the optimizer
-as on a GPU (multi-tensor updates): on a GPU each is about one kernel launch, which is what a step
-costs when the batch is too small to fill the GPU (the H100 record of bench/step.py).
+as on a GPU (multi-tensor updates): on a GPU each is at least one kernel launch. What they cost on
+the host, which bounds the GPU step at batch 64, is what `bench/step.py --configs overhead` times.
 """
 
 from __future__ import annotations
