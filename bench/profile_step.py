@@ -16,7 +16,7 @@ import argparse
 from collections import defaultdict
 
 import torch
-from step import BASE_MODES, CONFIGS, make_batch, make_ensemble, make_step, record_markdown
+from step import BASE_MODES, CONFIGS, record_markdown, warmed_step
 from torch.utils._python_dispatch import TorchDispatchMode
 
 MODES = ("plain", "reference", "fused", "first_order")
@@ -33,10 +33,7 @@ def kind_of(name: str) -> str:
 
 
 def profile(mode: str, config, steps: int) -> dict[str, float]:
-    device = torch.device("cpu")
-    x, y = make_batch(config, device, BASE_MODES[mode])
-    step = make_step(BASE_MODES[mode], make_ensemble(config, device, BASE_MODES[mode]))
-    step(x, y)
+    step, x, y = warmed_step(config, torch.device("cpu"), BASE_MODES[mode])
     with torch.profiler.profile() as prof:
         for _ in range(steps):
             step(x, y)
@@ -64,10 +61,8 @@ class OperatorCounter(TorchDispatchMode):
 
 def operators_per_step(mode: str, config) -> float:
     """Operators per step, over ``every`` consecutive steps for an amortized mode."""
-    device, chosen = torch.device("cpu"), BASE_MODES[mode]
-    x, y = make_batch(config, device, chosen)
-    step = make_step(chosen, make_ensemble(config, device, chosen), foreach=True)
-    step(x, y)  # optimizer state allocated
+    chosen = BASE_MODES[mode]
+    step, x, y = warmed_step(config, torch.device("cpu"), chosen, foreach=True)
     with OperatorCounter() as counter:
         for _ in range(chosen.every):
             step(x, y)

@@ -150,6 +150,14 @@ def make_step(mode: Mode, models: list[torch.nn.Module], foreach: bool | None = 
     return step
 
 
+def warmed_step(config: Config, device: torch.device, mode: Mode, foreach: bool | None = None):
+    """(step, x, y) of a fresh ensemble, after one step: libraries initialized, optimizer state allocated."""
+    x, y = make_batch(config, device, mode)
+    step = make_step(mode, make_ensemble(config, device, mode), foreach=foreach)
+    step(x, y)
+    return step, x, y
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -179,9 +187,7 @@ def peak_memory_mib(config: Config, device: torch.device, name: str, mode: Mode)
     """Peak memory a step adds on top of what is live before it (CUDA: the allocator's peak; CPU: the
     peak resident size of a fresh process, sampled during the step)."""
     if device.type == "cuda":
-        x, y = make_batch(config, device, mode)
-        step = make_step(mode, make_ensemble(config, device, mode))
-        step(x, y)  # optimizer state allocated
+        step, x, y = warmed_step(config, device, mode)
         synchronize(device)
         baseline = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -195,10 +201,7 @@ def peak_memory_mib(config: Config, device: torch.device, name: str, mode: Mode)
 
 def memory_probe(config_json: str, mode_json: str) -> None:
     config, mode = Config(**json.loads(config_json)), Mode(**json.loads(mode_json))
-    device = torch.device("cpu")
-    x, y = make_batch(config, device, mode)
-    step = make_step(mode, make_ensemble(config, device, mode))
-    step(x, y)  # libraries initialized, optimizer state allocated
+    step, x, y = warmed_step(config, torch.device("cpu"), mode)
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so RSS is what is live
     before = _current_rss_mib()
     peak, done = [before], threading.Event()
