@@ -15,9 +15,10 @@
 # Runs go in priority order, so a cut-short budget drops the least important ones. The paper-defaults
 # issue's alpha sweep (default, x10, x0.1) comes first: it decides which alpha the comparison uses
 # (on small CNNs the default "mean" convention starts with alpha * L_r / CE = 0.0004,
-# results/paper_defaults/). Its last run is the old "sum" convention, alpha x B = x64 under "mean":
-# the preliminary results (docs/results.md) trained EDLCM so, and it shows whether their gain needs
-# that scale. The evidence issue's ablations follow in its order.
+# results/paper_defaults/). The sweep is evaluated as soon as its three alphas are trained; then the
+# old "sum" convention, alpha x B = x64 under "mean", joins it: the preliminary results
+# (docs/results.md) trained EDLCM so, and it shows whether their gain needs that scale. The evidence
+# issue's ablations follow in its order.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10-jpeg}
@@ -34,15 +35,16 @@ BENCH=${BENCH:-bench/results/step_2026-11-26_cpu_small_cnn.json}
 mkdir -p "$OUT" "$RESULTS/training"
 COMMON=(--dataset imagefolder --data-dir "$DATA" --arch "$ARCH" --members 3 --epochs "$EPOCHS" --channels-last --no-progress --resume)
 
-# name method seed extra --set options. First the alpha sweep (evaluated as soon as it is trained),
-# then the evidence issue's runs in its order of priority.
+# name method seed extra --set options. First the alpha sweep (evaluated as soon as it is trained, and
+# again, from the flag cache, with the "sum" run added), then the evidence issue's runs in its order
+# of priority.
 SWEEP=(
   "base base 0"
   "edlcm edlcm 0"
   "edlcm_alpha10 edlcm 0 alpha=10.0"
   "edlcm_alpha0.1 edlcm 0 alpha=0.1"
-  "edlcm_sum edlcm 0 reduction=sum"
 )
+SUM_CONVENTION="edlcm_sum edlcm 0 reduction=sum"
 ABLATIONS=(
   "edlcm_every4 edlcm 0 every=4"
   "adp adp 0"
@@ -79,6 +81,8 @@ evaluate() {
 }
 
 train "${SWEEP[@]}"
+if [ "$EVAL" = 1 ]; then evaluate "$RESULTS/alpha_sweep"; fi
+train "$SUM_CONVENTION"
 if [ "$EVAL" = 1 ]; then evaluate "$RESULTS/alpha_sweep"; fi
 [ "$SWEEP_ONLY" = 0 ] || exit 0
 train "${ABLATIONS[@]}"
