@@ -19,6 +19,9 @@
 # old "sum" convention, alpha x B = x64 under "mean", joins it: the preliminary results
 # (docs/results.md) trained EDLCM so, and it shows whether their gain needs that scale. The evidence
 # issue's ablations follow in its order.
+# The full sweep is ~10 h of 2 cores, more than a session, and a session's home dir is not kept: the
+# sweep at the budget of results/cifar10_jpeg (8192 images, 8 epochs) fits one session (~2 h):
+#   SUBSET=8192 EPOCHS=8 SAMPLES=500 EPS=0.005,0.01,0.02 SWEEP_ONLY=1 OUT=… RESULTS=… bash experiments/cifar10_full.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10-jpeg}
@@ -26,14 +29,16 @@ OUT=${OUT:-$HOME/edlcm-runs/cifar10_full}
 RESULTS=${RESULTS:-results/cifar10_full}
 ARCH=${ARCH:-small_cnn}  # the sweep also asks for resnet20: ARCH=resnet20 SWEEP_ONLY=1 with its own OUT, RESULTS
 EPOCHS=${EPOCHS:-20}
+SUBSET=${SUBSET:-0}  # >0: train on a fixed random subset of N images (the budget of results/cifar10_jpeg is 8192, 8 epochs)
 SAMPLES=${SAMPLES:-1000}
+EPS=${EPS:-0.01,0.02,0.03}
 EVAL=${EVAL:-1}  # 0: train only
 SWEEP_ONLY=${SWEEP_ONLY:-0}  # 1: stop after the alpha sweep
 SURROGATE_EPOCHS=${SURROGATE_EPOCHS:-5}  # the vgg16_bn surrogate's (it only has to transfer)
 # Step costs of every run's mode, timed side by side on an otherwise idle machine (bench/step.py --methods).
 BENCH=${BENCH:-bench/results/step_2026-11-26_cpu_small_cnn.json}
 mkdir -p "$OUT" "$RESULTS/training"
-COMMON=(--dataset imagefolder --data-dir "$DATA" --arch "$ARCH" --members 3 --epochs "$EPOCHS" --channels-last --no-progress --resume)
+COMMON=(--dataset imagefolder --data-dir "$DATA" --arch "$ARCH" --members 3 --epochs "$EPOCHS" --train-subset "$SUBSET" --channels-last --no-progress --resume)
 
 # name method seed extra --set options. First the alpha sweep (evaluated as soon as it is trained, and
 # again, from the flag cache, with the "sum" run added), then the evidence issue's runs in its order
@@ -76,7 +81,7 @@ evaluate() {
   shift
   for name in "${names[@]}"; do checkpoints+=(--checkpoint "$OUT/$name/checkpoint.pt" --name "$name"); done
   echo "== evaluate $out_dir ($(date -u +%H:%M))"
-  edlcm eval "${checkpoints[@]}" --attacks default --eps 0.01,0.02,0.03 --max-samples "$SAMPLES" --curvature 200 \
+  edlcm eval "${checkpoints[@]}" --attacks default --eps "$EPS" --max-samples "$SAMPLES" --curvature 200 \
     --out-dir "$out_dir" --cache-dir "$OUT/eval_flags" --no-progress "$@"
 }
 
