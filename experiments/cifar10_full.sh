@@ -15,7 +15,7 @@
 # Runs go in priority order, so a cut-short budget drops the least important ones. The paper-defaults
 # issue's alpha sweep (default, x10, x0.1) comes first: the comparison keeps the paper's alpha 1, as
 # every method runs at its paper's defaults, and the sweep shows how much that choice leaves on the
-# table (on small CNNs "mean" makes alpha 1 weak; at 8k images x10 tripled its gain, docs/results.md).
+# table (on small CNNs "mean" makes alpha 1 weak; at 8k images x10 tripled its gain, "sum" = x64 gave five times it, docs/results.md).
 # The sweep is evaluated as soon as its three alphas are trained; then the old "sum" convention,
 # alpha x B = x64 under "mean", joins it: the preliminary results (docs/results.md) trained EDLCM so,
 # and it shows whether their gain needs that scale. The evidence issue's ablations follow in its order.
