@@ -15,12 +15,12 @@
 # Runs go in priority order, so a cut-short budget drops the least important ones. The paper-defaults
 # issue's alpha sweep (default, x10, x0.1) comes first: the comparison keeps the paper's alpha 1, as
 # every method runs at its paper's defaults, and the sweep shows how much that choice leaves on the
-# table (on small CNNs "mean" makes alpha 1 weak; at 8k images x10 tripled its gain, "sum" = x64 gave five times it, docs/results.md).
+# table (docs/results.md, its last section).
 # The sweep is evaluated as soon as its three alphas are trained; then the old "sum" convention,
 # alpha x B = x64 under "mean", joins it: the preliminary results (docs/results.md) trained EDLCM so,
 # and it shows whether their gain needs that scale. The evidence issue's ablations follow in its order.
-# The full sweep is ~10 h of 2 cores, more than a session, and a session's home dir is not kept: the
-# sweep at the budget of results/cifar10_jpeg (8192 images, 8 epochs) fits one session (~2 h):
+# The full sweep is ~10 h of 2 cores, more than a session, and a session's home dir is not kept; at
+# the budget of results/cifar10_jpeg it fits one session (~2 h):
 #   SUBSET=8192 EPOCHS=8 SAMPLES=500 EPS=0.005,0.01,0.02 SWEEP_ONLY=1 OUT=… RESULTS=… bash experiments/cifar10_full.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
