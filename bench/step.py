@@ -136,7 +136,11 @@ def make_step(mode: Mode, models: list[torch.nn.Module], foreach: bool | None = 
             return method.loss(ensemble, x, y)[0]
         if mode.loss == "plain":
             return sum(F.cross_entropy(m(x), y) for m in models)
-        terms = edlcm_terms(models, x, y) if mode.loss == "reference" else regularizer.terms(models, x, y)
+        if mode.loss == "reference":  # the same loss as the regularizer's, in plain PyTorch
+            r = regularizer
+            terms = edlcm_terms(models, x, y, r.alpha, r.beta, r.h, r.reduction, r.max_ratio)
+        else:
+            terms = regularizer.terms(models, x, y)
         return terms.ece + terms.total
 
     def step(x, y):

@@ -18,11 +18,16 @@ from typing import Any
 import torch
 
 # 2: method_options record the L_r convention ("reduction") and the method's state is saved.
-FORMAT_VERSION = 2
+# 3: method_options record every knob of the regularizer's strength (alpha, beta, h, reduction,
+#    max_ratio); the convention once called "sum" is named "per_sample".
+FORMAT_VERSION = 3
 REQUIRED_KEYS = ("epoch", "ensemble", "config", "info")
-# Methods whose meaning depends on HvpCurvatureLoss's L_r convention; checkpoints written before the
-# convention was recorded (format 1) were trained under "sum", the only one that existed then.
+# Methods whose meaning depends on HvpCurvatureLoss's options. Checkpoints written before the
+# convention was recorded (format 1) were trained under "sum", the only one that existed then;
+# before format 3, h was 0.1 and there was no cap.
 CURVATURE_METHODS = ("edlcm", "edlcm_lr", "edlcm_lg")
+OLD_DEFAULTS = {1: {"reduction": "per_sample", "h": 0.1, "max_ratio": None}, 2: {"h": 0.1, "max_ratio": None}}
+RENAMED_REDUCTIONS = {"sum": "per_sample"}
 
 
 class CheckpointError(ValueError):
@@ -74,9 +79,10 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"{path}: not an edlcm-ext trainer checkpoint (expected keys {list(REQUIRED_KEYS)}, found {found})")
     if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["info"], dict):
         raise CheckpointError(f"{path}: not an edlcm-ext trainer checkpoint (config and info must be dicts)")
-    if checkpoint.get("format", 1) < 2:
-        config = checkpoint["config"]
-        if config.get("method") in CURVATURE_METHODS:
-            config["method_options"] = {"reduction": "sum", **config.get("method_options", {})}
-        checkpoint["format"] = FORMAT_VERSION
+    version, config = checkpoint.get("format", 1), checkpoint["config"]
+    if version < FORMAT_VERSION and config.get("method") in CURVATURE_METHODS:
+        options = {**OLD_DEFAULTS[version], **config.get("method_options", {})}
+        options["reduction"] = RENAMED_REDUCTIONS.get(options["reduction"], options["reduction"])
+        config["method_options"] = options
+    checkpoint["format"] = FORMAT_VERSION
     return checkpoint

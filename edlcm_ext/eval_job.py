@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader
 from . import sanity
 from .attacks import PRESETS
 from .data import fixed_subset, load_dataset
-from .evaluate import (attack_flags, correct_flags, craft, still_correct, summarize, transfer_matrix,
-                       transferability_success_rate)
+from .evaluate import (attack_flags, correct_flags, craft, robust_summary, still_correct, summarize, transfer_matrix,
+                       transferability_success_rate, white_box_flags)
 from .report import write_report
 from .checkpoint import atomic_save, load_data_file
 from .curvature import curvature_diagnostics
@@ -91,9 +91,11 @@ def _names(settings: EvalSettings, configs) -> list[str]:
 
 
 def checkpoint_fingerprint(path: str, *details) -> str:
-    """Identifies a checkpoint file as written (path and modification time) plus ``details``, so
-    cached results of a retrained model are never reused."""
-    return hashlib.sha1(json.dumps([os.path.abspath(path), os.path.getmtime(path), *details]).encode()).hexdigest()[:10]
+    """Identifies a checkpoint by its content plus ``details``, so cached results of a retrained model
+    are never reused, and a committed cache stays valid in another clone (where paths and times differ)."""
+    with open(path, "rb") as handle:
+        content = hashlib.sha1(handle.read()).hexdigest()
+    return hashlib.sha1(json.dumps([content, *details]).encode()).hexdigest()[:10]
 
 
 def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: torch.device, transfer_examples: dict) -> dict:
@@ -109,19 +111,15 @@ def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: tor
                "pgd": {"restarts": settings.pgd_restarts}, "square": {"queries": settings.square_queries}}
     # Everything a cached result depends on: the model file, the test images (which folder, which
     # fixed subset) and the attacks' budgets; the attack and eps are in each key below.
-    test_images = [config.dataset, os.path.abspath(data_dir) if data_dir else None, len(test_set)]
+    test_images = [config.dataset, os.path.basename(os.path.normpath(data_dir)) if data_dir else None, len(test_set)]
     fingerprint = checkpoint_fingerprint(checkpoint, test_images, options)
     cache = FlagCache(os.path.join(settings.cache_dir or os.path.join(settings.out_dir, "flags"), f"{name}-{fingerprint}"))
     progress = settings.progress
 
     clean = cache.get("clean", lambda: correct_flags(ensemble, loader, device))
-    flags = {(a, e): cache.get(f"white_{a}_{e:g}", lambda a=a, e=e: attack_flags(ensemble, loader, a, e, device, options=options.get(a), progress=progress))
-             for a in settings.attacks for e in eps_values}
-    result = {
-        "checkpoint": checkpoint, "dataset": config.dataset, "samples": len(clean), "clean": clean.float().mean().item(),
-        "attacks": {a: {e: summarize(clean, flags[(a, e)]) for e in eps_values} for a in settings.attacks},
-        "worst": {e: summarize(clean, torch.stack([flags[(a, e)] for a in settings.attacks]).all(0)) for e in eps_values},
-    }
+    flags = {(a, e): f for e in eps_values for a, f in white_box_flags(
+        ensemble, loader, clean, settings.attacks, e, device, options, progress, cached=cache.get).items()}
+    result = {"checkpoint": checkpoint, "dataset": config.dataset, **robust_summary(clean, flags, settings.attacks, eps_values)}
     warnings_found = sanity.check_white_box(result)
     if settings.large_eps:
         large = cache.get(f"sanity_pgd50_{settings.large_eps:g}", lambda: attack_flags(

@@ -15,7 +15,7 @@ the buffers, so only the two passes at x and x + h g update them, as in the exac
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,10 +76,11 @@ class _State:
 
 def first_order_terms(
     models: Sequence[nn.Module], x: Tensor, y: Tensor, alpha: float, beta: float, h: float, eps: float, step: float,
-    check_logits=None, scale: float = 1.0,
+    check_logits=None, scale: float = 1.0, max_ratio: Optional[float] = None,
 ) -> CurvatureTerms:
     """CurvatureTerms whose ``total`` back-propagates the finite-difference gradient (``step``: the L2
-    length, in input units per sample, of the difference step; ``scale``: reference.l_r_scale)."""
+    length, in input units per sample, of the difference step; ``scale``: reference.l_r_scale;
+    ``max_ratio``: the cap of reference.capped_alpha)."""
     member_params = [[p for p in m.parameters() if p.requires_grad] for m in models]
     state = _State(list(models), y, step * x.shape[0] ** 0.5, member_params)
     differences, ece, grads_at = [], x.new_zeros(()), []
@@ -99,7 +100,7 @@ def first_order_terms(
     u = torch.stack(differences).requires_grad_(True)
     with torch.enable_grad():
         sq_norms, cosines = ops.curvature_stats(u, eps)
-        terms = terms_from_statistics(sq_norms, cosines, ece.detach(), alpha, beta, scale)
+        terms = terms_from_statistics(sq_norms, cosines, ece.detach(), alpha, beta, scale, max_ratio)
         (v,) = torch.autograd.grad(terms.total, u)
     shape = x.shape
     for member, points in enumerate(grads_at):
@@ -107,4 +108,4 @@ def first_order_terms(
         # u = grad(x1) - grad(x0): +v at x1, -v at x0
         state.points.append([(points[0][0], points[0][1], v_member), (points[1][0], points[1][1], -v_member)])
     total = _FiniteDifferenceGradient.apply(terms.total.detach(), state, *[p for params in member_params for p in params])
-    return CurvatureTerms(total=total, ece=ece, l_r=terms.l_r.detach(), l_g=terms.l_g.detach())
+    return CurvatureTerms(total=total, ece=ece, l_r=terms.l_r.detach(), l_g=terms.l_g.detach(), alpha_applied=terms.alpha_applied)

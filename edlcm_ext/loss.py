@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +16,17 @@ from .first_order import first_order_terms
 from .fused import fused_layers
 from .reference import REDUCTIONS, CurvatureTerms, input_gradient_differences, l_r_scale, terms_from_statistics
 
-# Default finite-difference step (eq 8), an L2 distance in pixel units of [0, 1] images. g has unit
-# L2 norm, so on 32x32x3 inputs the step moves each pixel by 0.1/sqrt(3072) ~ 0.0018: below the
-# smallest attack radius we evaluate (L-inf 0.005), i.e. curvature at the scale attacks probe,
-# and far above float32 round-off of the input gradients.
-DEFAULT_H = 0.1
+# Default finite-difference step (eq 8), an L2 distance in pixel units of [0, 1] images. g is the
+# unit-norm sign vector, so x + h g is a corner of the L-inf ball of radius h / sqrt(D): on 32x32x3
+# inputs, 0.3 / sqrt(3072) ~ 0.0054, the smallest attack radius we evaluate (L-inf 0.005), so L_r
+# sees the curvature an attack meets. Chosen by the sweep in docs/defaults.md (CURE's own step is
+# ~0.75 in these units).
+DEFAULT_H = 0.3
+# Safeguard: alpha * L_r is capped at this many times the ensemble CE of the batch (a detached
+# factor on alpha). It is inactive wherever the regularizer trains sensibly (docs/defaults.md: it
+# never engaged on small_cnn), and stops a model whose input curvature starts huge (torchvision's
+# resnet18 at its own init: alpha * L_r ~100x the CE) from being driven to NaN.
+DEFAULT_MAX_RATIO = 1.0
 # alpha * L_r this many times the ensemble CE (at the first call) means the curvature term swamps the
 # classification loss. Measured on CIFAR-10 (results/paper_defaults/): runs that trained had ratios
 # 0.0004-1.7; resnet20 at 5.3 stalled at chance and torchvision resnet18 at 109 reached NaN.
@@ -43,10 +49,14 @@ class HvpCurvatureLoss(nn.Module):
         beta: weight of the dispersion term L_g (paper default 0.01); needs >= 2 members when nonzero.
         h: finite-difference step of eq 8 (an L2 distance in the units of x).
         eps: lower clamp of each norm in the cosines of L_g.
-        reduction: scale convention of L_r. "mean" (default): eq 9 with the batch-mean CE of
-            ``nn.CrossEntropyLoss()`` and the norm over the whole batch, L_r = sum_m mean_b |u_mb|^2 / B.
-            "sum": per-sample gradients of the summed CE, L_r = sum_m mean_b |u_mb|^2, B times larger.
-            The same run under the other convention: alpha_sum = alpha_mean / B (B = x's batch size).
+        reduction: scale convention of L_r. "per_sample" (default, CURE's): eq 9 per sample, averaged
+            over the batch, L_r = sum_m mean_b |u_mb|^2, independent of the batch size. "mean": eq 9
+            with the batch-mean CE of ``nn.CrossEntropyLoss()`` and the norm over the whole batch,
+            L_r = sum_m mean_b |u_mb|^2 / B (the paper's formula read literally in PyTorch; its
+            strength falls as the batch grows). Same run: alpha_per_sample = alpha_mean / B.
+        max_ratio: cap alpha * L_r at this many times the ensemble CE of the batch, by lowering alpha
+            on that batch (a detached factor; ``CurvatureTerms.alpha_applied`` says by how much).
+            None: no cap (the paper's loss).
         every: lazy regularization (as StyleGAN2's lazy R1): the regularizer runs on one training
             call out of ``every``, weighted by ``every``, so its gradient summed over ``every`` steps
             is unchanged; the other calls cost one forward pass (``terms``) or nothing (``forward``).
@@ -83,7 +93,8 @@ class HvpCurvatureLoss(nn.Module):
         beta: float = 0.01,
         h: float = DEFAULT_H,
         eps: float = 1e-8,
-        reduction: str = "mean",
+        reduction: str = "per_sample",
+        max_ratio: Optional[float] = DEFAULT_MAX_RATIO,
         every: int = 1,
         batch_fraction: float = 1.0,
         alpha_warmup: int = 0,
@@ -101,7 +112,7 @@ class HvpCurvatureLoss(nn.Module):
             raise ValueError(f"gradient must be 'exact' or 'first_order', got {gradient!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        for name, value in (("h", h), ("eps", eps), ("fd_step", fd_step)):
+        for name, value in (("h", h), ("eps", eps), ("fd_step", fd_step)) + ((("max_ratio", max_ratio),) if max_ratio is not None else ()):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -114,12 +125,13 @@ class HvpCurvatureLoss(nn.Module):
         self.reduction, self.every, self.batch_fraction, self.alpha_warmup = reduction, every, float(batch_fraction), alpha_warmup
         self.fused_layers, self.gradient, self.fd_step, self.check_inputs = fused_layers, gradient, float(fd_step), check_inputs
         self.autocast_regularizer = autocast_regularizer
+        self.max_ratio = None if max_ratio is None else float(max_ratio)
         self.calls = 0  # training calls so far: the clock of `every` and `alpha_warmup`
         self._regularized_calls = 0
         self._warned = False
 
     def extra_repr(self) -> str:
-        return (f"alpha={self.alpha}, beta={self.beta}, h={self.h}, eps={self.eps}, reduction={self.reduction!r}, "
+        return (f"alpha={self.alpha}, beta={self.beta}, h={self.h}, eps={self.eps}, reduction={self.reduction!r}, max_ratio={self.max_ratio}, "
                 f"every={self.every}, batch_fraction={self.batch_fraction}, alpha_warmup={self.alpha_warmup}, "
                 f"fused_layers={self.fused_layers}, gradient={self.gradient!r}")
 
@@ -150,7 +162,7 @@ class HvpCurvatureLoss(nn.Module):
         if not torch.is_grad_enabled():
             with torch.enable_grad():
                 terms = self._regularizer(models, x, y, check_logits, scale)
-            return CurvatureTerms(*(t.detach() for t in terms[:4]))
+            return CurvatureTerms(*(t.detach() for t in terms[:4]), alpha_applied=terms.alpha_applied)
         weight = self.schedule_weight(self.calls)
         self.calls += 1
         if weight == 0:
@@ -174,11 +186,12 @@ class HvpCurvatureLoss(nn.Module):
 
     def _regularizer_passes(self, models, x, y, check_logits, scale: float) -> CurvatureTerms:
         if self.gradient == "first_order":
-            return first_order_terms(models, x, y, self.alpha, self.beta, self.h, self.eps, self.fd_step, check_logits, scale)
+            return first_order_terms(models, x, y, self.alpha, self.beta, self.h, self.eps, self.fd_step, check_logits, scale,
+                                     self.max_ratio)
         with fused_layers(self.fused_layers):
             u, ece = input_gradient_differences(models, x, y, self.h, check_logits)
         sq_norms, cosines = ops.curvature_stats(u, self.eps)
-        return terms_from_statistics(sq_norms, cosines, ece, self.alpha, self.beta, scale)
+        return terms_from_statistics(sq_norms, cosines, ece, self.alpha, self.beta, scale, self.max_ratio)
 
     def _check_dominance(self, terms: CurvatureTerms, terms_batch: int) -> None:
         """Warn once when alpha * L_r swamps the CE (a host sync, only every DOMINANCE_CHECK_INTERVAL)."""
@@ -186,13 +199,12 @@ class HvpCurvatureLoss(nn.Module):
         self._regularized_calls += 1
         if self._warned or not due or self.alpha == 0:
             return
-        curvature, ce = self.alpha * float(terms.l_r.detach()), float(terms.ece.detach())
+        curvature, ce = float(terms.alpha_applied * terms.l_r.detach()), float(terms.ece.detach())
         if curvature > DOMINANCE_RATIO * ce:
             self._warned = True
-            if self.reduction == "sum":
-                fix = "use reduction='mean' (alpha under 'sum' = alpha under 'mean' / batch size), lower alpha"
-            else:  # under "mean" L_r scales as 1/B: a small batch makes it larger
-                fix = f"lower alpha (under 'mean' L_r scales as 1/batch size; this batch has {terms_batch})"
+            fix = f"set max_ratio (default {DEFAULT_MAX_RATIO:g}), lower alpha"
+            if self.reduction == "mean":  # under "mean" L_r scales as 1/B: a small batch makes it larger
+                fix += f" (under 'mean' L_r scales as 1/batch size; this batch has {terms_batch})"
             warnings.warn(
                 f"HvpCurvatureLoss: alpha * L_r = {curvature:.4g} is {curvature / max(ce, 1e-12):.0f}x the ensemble "
                 f"cross-entropy ({ce:.4g}) with alpha={self.alpha:g} and reduction={self.reduction!r}: the curvature "

@@ -4,12 +4,13 @@ Conventions (paper eqs 2, 8-10):
 - l_m(z) is member m's cross-entropy *summed* over the batch, so grad_x l_m is the per-sample input
   gradient and does not shrink with the batch size; u, g and the cosines are built from it.
 - The scale of L_r is a choice the paper leaves open (``reduction``):
-  "mean" (the default): eq 9 read with the training loss PyTorch users have, the batch-mean CE of
-  nn.CrossEntropyLoss(). Its input gradient is the per-sample one divided by B, and eq 9's norm is
-  taken over the whole batch: L_r = sum_m sum_b |u_{m,b} / B|^2 = sum_m mean_b |u_{m,b}|^2 / B.
-  "sum": per-sample gradients of the summed CE: L_r = sum_m mean_b |u_{m,b}|^2, B times larger.
-  Conversion: L_r(mean) = L_r(sum) / B, so alpha under "sum" = alpha under "mean" / B gives the
-  same loss and gradients (B: the batch size the loss is called with). L_g is the same in both.
+  "per_sample" (the default): eq 9 per sample, averaged over the batch, as CURE does:
+  L_r = sum_m mean_b |u_{m,b}|^2. It does not depend on the batch size.
+  "mean": eq 9 read with the batch-mean CE of nn.CrossEntropyLoss(), whose input gradient is the
+  per-sample one divided by B, and the norm taken over the whole batch:
+  L_r = sum_m sum_b |u_{m,b} / B|^2 = sum_m mean_b |u_{m,b}|^2 / B, B times smaller.
+  Conversion: alpha under "per_sample" = alpha under "mean" / B gives the same loss and gradients
+  (B: the batch size the loss is called with). L_g is the same in both.
 - g_m = sign(grad_x l_m(x)) / |sign(grad_x l_m(x))|_2 per sample, a constant (detached); a sample
   whose gradient is exactly zero gets g = 0 (and so u = 0).
 - u_m = grad_x l_m(x + h g_m) - grad_x l_m(x): eq 8 without the 1/h, which eq 9 absorbs into alpha.
@@ -29,11 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 LogitsCheck = Optional[Callable[[Tensor], None]]
-REDUCTIONS = ("mean", "sum")
+REDUCTIONS = ("per_sample", "mean")
 
 
 def l_r_scale(reduction: str, batch_size: int) -> float:
-    """Factor from the "sum" convention's L_r to ``reduction``'s (see the module docstring)."""
+    """Factor from the "per_sample" convention's L_r to ``reduction``'s (see the module docstring)."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     return 1.0 / batch_size if reduction == "mean" else 1.0
@@ -44,6 +45,7 @@ class CurvatureTerms(NamedTuple):
 
     ``applied`` is False on the calls where an amortized HvpCurvatureLoss (every=k, warm-up) skips
     the regularizer: total is then a zero and l_r, l_g are zeros that were not computed.
+    ``alpha_applied`` is the weight L_r got in ``total``: alpha, or less where ``max_ratio`` capped it.
     """
 
     total: Tensor
@@ -51,6 +53,7 @@ class CurvatureTerms(NamedTuple):
     l_r: Tensor
     l_g: Tensor
     applied: bool = True
+    alpha_applied: Optional[Tensor] = None
 
 
 def input_gradient(model: nn.Module, x: Tensor, y: Tensor, check_logits: LogitsCheck = None) -> tuple[Tensor, Tensor]:
@@ -95,19 +98,32 @@ def curvature_statistics(u: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
     return sq_norms, cosines
 
 
+def capped_alpha(alpha: float, l_r: Tensor, ece: Tensor, max_ratio: Optional[float]) -> Tensor:
+    """alpha, lowered on this batch where alpha * L_r would exceed max_ratio times the ensemble CE: a
+    detached factor (no gradient flows through the cap itself); None leaves alpha as it is."""
+    alpha = torch.as_tensor(alpha, dtype=l_r.dtype, device=l_r.device)
+    if max_ratio is None:
+        return alpha
+    bound = max_ratio * ece.detach() / l_r.detach().clamp_min(torch.finfo(l_r.dtype).tiny)
+    return torch.minimum(alpha, bound)
+
+
 def terms_from_statistics(
-    sq_norms: Tensor, cosines: Tensor, ece: Tensor, alpha: float, beta: float, scale: float = 1.0
+    sq_norms: Tensor, cosines: Tensor, ece: Tensor, alpha: float, beta: float, scale: float = 1.0,
+    max_ratio: Optional[float] = None,
 ) -> CurvatureTerms:
-    """Batch means and sums of eqs 9-10, combined as in eq 11; ``scale`` is :func:`l_r_scale`."""
+    """Batch means and sums of eqs 9-10, combined as in eq 11; ``scale`` is :func:`l_r_scale`,
+    ``max_ratio`` the cap of :func:`capped_alpha`."""
     l_r = sq_norms.mean(dim=1).sum() * scale
     l_g = cosines.mean(dim=1).sum()
-    return CurvatureTerms(total=alpha * l_r + beta * l_g, ece=ece, l_r=l_r, l_g=l_g)
+    weight = capped_alpha(alpha, l_r, ece, max_ratio)
+    return CurvatureTerms(total=weight * l_r + beta * l_g, ece=ece, l_r=l_r, l_g=l_g, alpha_applied=weight)
 
 
 def edlcm_terms(
-    models: Sequence[nn.Module], x: Tensor, y: Tensor, alpha: float = 1.0, beta: float = 0.01, h: float = 0.1,
-    reduction: str = "mean",
+    models: Sequence[nn.Module], x: Tensor, y: Tensor, alpha: float, beta: float, h: float,
+    reduction: str = "per_sample", max_ratio: Optional[float] = None,
 ) -> CurvatureTerms:
     """The whole regularizer in plain PyTorch, with no input validation."""
     u, ece = input_gradient_differences(models, x, y, h)
-    return terms_from_statistics(*curvature_statistics(u), ece, alpha, beta, l_r_scale(reduction, x.shape[0]))
+    return terms_from_statistics(*curvature_statistics(u), ece, alpha, beta, l_r_scale(reduction, x.shape[0]), max_ratio)

@@ -9,6 +9,7 @@ import torch
 from edlcm_ext.checkpoint import CheckpointError, atomic_save, load_data_file, read_checkpoint
 from edlcm_ext.cli import main as cli_main
 from edlcm_ext.data import DIGITS_INFO
+from edlcm_ext.loss import DEFAULT_H, DEFAULT_MAX_RATIO
 from edlcm_ext.train import TrainConfig, build_ensemble, load_checkpoint, train
 
 
@@ -85,12 +86,14 @@ def test_checkpoints_we_write_load_with_weights_only_and_record_the_convention(t
     train(TrainConfig(method="edlcm", dataset="digits", epochs=1, train_subset=128, out_dir=str(tmp_path / "run"), progress=False,
                       device="cpu", method_options={"every": 2}))
     raw = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert raw["format"] == 2 and raw["config"]["method_options"] == {"reduction": "mean", "every": 2}
+    assert raw["format"] == 3 and raw["config"]["method_options"] == {
+        "alpha": 1.0, "beta": 0.01, "h": DEFAULT_H, "reduction": "per_sample", "max_ratio": DEFAULT_MAX_RATIO, "every": 2}
     assert raw["method_state"]["_extra_state"]["calls"] == 2  # 128 images / batch 64
 
 
 def test_old_format_edlcm_checkpoint_loads_as_the_sum_convention(tmp_path):
-    """Format-1 checkpoints (before `reduction` existed) were trained under "sum"."""
+    """Format-1 checkpoints (before `reduction` existed) were trained under "sum" (now "per_sample"),
+    with h 0.1 and no cap."""
     train(TrainConfig(method="edlcm", dataset="digits", epochs=1, train_subset=128, out_dir=str(tmp_path / "run"), progress=False, device="cpu"))
     path = str(tmp_path / "run" / "checkpoint.pt")
     old = torch.load(path, weights_only=True)
@@ -98,4 +101,4 @@ def test_old_format_edlcm_checkpoint_loads_as_the_sum_convention(tmp_path):
     old["config"]["method_options"] = {}
     atomic_save(old, path)
     _, config, _, _ = load_checkpoint(path)
-    assert config.method_options == {"reduction": "sum"}
+    assert config.method_options == {"reduction": "per_sample", "h": 0.1, "max_ratio": None}

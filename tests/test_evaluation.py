@@ -92,13 +92,34 @@ def test_worst_case_is_a_per_sample_and_over_attacks(loader):
     assert result["worst"][0.1]["all"] == 0.0
 
 
-def test_masking_warning_when_square_beats_every_gradient_attack():
-    def result(square):
+def test_masking_warning_when_square_breaks_what_the_gradient_attacks_left():
+    def result(square):  # Square's row: robust to the gradient attacks (worst case 0.45) and to Square
         cells = {"fgsm": 0.6, "apgd": 0.5, "square": square}
-        return {"attacks": {a: {0.1: {"all": v}} for a, v in cells.items()}}
+        return {"attacks": {a: {0.1: {"all": v}} for a, v in cells.items()}, "worst_gradient": {0.1: {"all": 0.45}}}
 
-    assert any("square (no gradients) beats every gradient attack" in m for m in sanity.check_white_box(result(0.3)))
-    assert not sanity.check_white_box(result(0.49))
+    assert any("square (no gradients) breaks 0.150 of the samples" in m for m in sanity.check_white_box(result(0.3)))
+    assert not sanity.check_white_box(result(0.44))
+
+
+def test_square_runs_only_on_the_samples_the_gradient_attacks_left(trained_run, loader):
+    """As AutoAttack: Square is given only the clean-correct samples that every attack before it missed,
+    and its flags are those samples' fate; the worst case equals running it on everything."""
+    model = trained_run[0]
+    clean = evaluate.correct_flags(model, loader, torch.device("cpu"))
+    given = []
+    real = evaluate.attack_flags
+
+    def spy(model, loader, attack, *args, **kwargs):
+        if attack == "square":
+            given.append([int(i) for i in loader.dataset.indices])
+        return real(model, loader, attack, *args, **kwargs)
+
+    with mock.patch.object(evaluate, "attack_flags", side_effect=spy):
+        flags = evaluate.white_box_flags(model, loader, clean, ["fgsm", "square"], 0.1, torch.device("cpu"),
+                                         {"square": {"queries": 20}}, progress=False)
+    left = (clean & flags["fgsm"]).nonzero().squeeze(1).tolist()
+    assert given == [left] and 0 < len(left) < len(clean)
+    assert not (flags["square"] & ~(clean & flags["fgsm"])).any()
 
 
 class StepFunctionModel(nn.Module):
@@ -154,21 +175,24 @@ def test_eval_cli_writes_table_plots_and_resumes_from_cache(trained_run, tmp_pat
     saved = json.loads((tmp_path / "results.json").read_text())["results"]
     assert saved["a"]["samples"] == 64 and set(saved["a"]["attacks"]) == {"fgsm", "pgd", "apgd"}
     # A second run recomputes nothing: every per-sample result comes from the cache.
-    with mock.patch.object(eval_job, "attack_flags", side_effect=AssertionError("recomputed")), \
+    with mock.patch.object(evaluate, "attack_flags", side_effect=AssertionError("recomputed")), \
          mock.patch.object(eval_job, "craft", side_effect=AssertionError("recomputed")), \
          mock.patch.object(eval_job, "transfer_matrix", side_effect=AssertionError("recomputed")), \
          mock.patch.object(eval_job, "curvature_diagnostics", side_effect=AssertionError("recomputed")):
         assert cli_main(args) == 0
     assert saved["a"]["curvature"]["samples"] == 32
     assert json.loads((tmp_path / "results.json").read_text())["results"] == saved
-    # A retrained surrogate (same path, new file) invalidates the black-box results only.
-    os.utime(surrogate, (surrogate.stat().st_atime, surrogate.stat().st_mtime + 10))
-    with mock.patch.object(eval_job, "attack_flags", side_effect=AssertionError("recomputed")), \
+    # A retrained surrogate (same path, new content) invalidates the black-box results only; a copy of
+    # the checkpoint elsewhere (another clone) keeps its cached results.
+    retrained = torch.load(surrogate, weights_only=True)
+    retrained["epoch"] += 1
+    torch.save(retrained, surrogate)
+    with mock.patch.object(evaluate, "attack_flags", side_effect=AssertionError("recomputed")), \
          mock.patch.object(eval_job, "craft", wraps=eval_job.craft) as craft:
         assert cli_main(args) == 0
     assert craft.call_count == 3 * 2  # each attack and eps once, shared by both checkpoints
     # --black-box-attacks: only those are crafted on the surrogate, the white-box rows are unchanged
-    with mock.patch.object(eval_job, "attack_flags", side_effect=AssertionError("recomputed")), \
+    with mock.patch.object(evaluate, "attack_flags", side_effect=AssertionError("recomputed")), \
          mock.patch.object(eval_job, "craft", wraps=eval_job.craft) as craft:
         assert cli_main(args + ["--black-box-attacks", "fgsm"]) == 0
     assert craft.call_count == 0  # read from the cache of the run above
@@ -212,17 +236,18 @@ def test_cached_results_are_keyed_by_everything_that_changes_them(trained_run, t
     settings = eval_job.EvalSettings(checkpoints=[str(checkpoint)], attacks=["pgd"], eps=[0.3], large_eps=0.3, max_samples=64,
                                      out_dir=str(tmp_path), progress=False, device="cpu")
 
-    def evaluate(**changes):
-        with mock.patch.object(eval_job, "attack_flags", side_effect=_flags_by_attack_budget) as flags:
+    def evaluate_counting(**changes):
+        flags = mock.Mock(side_effect=_flags_by_attack_budget)
+        with mock.patch.object(eval_job, "attack_flags", flags), mock.patch.object(evaluate, "attack_flags", flags):
             result = eval_job.evaluate_one("a", str(checkpoint), dataclasses.replace(settings, **changes), torch.device("cpu"), {})
         return result, flags.call_count
 
-    result, calls = evaluate()
+    result, calls = evaluate_counting()
     # PGD-10 at eps 0.3 and the sanity PGD-50 at large_eps 0.3 are two attacks with two entries.
     assert calls == 2 and result["attacks"]["pgd"][0.3]["all"] == 1.0 and result["large_eps"]["all"] == 0.0
-    assert evaluate()[1] == 0  # the same evaluation again: all from the cache
-    assert evaluate(pgd_restarts=2)[1] == 2  # another attack budget
-    assert evaluate(max_samples=32)[1] == 2  # other test images
+    assert evaluate_counting()[1] == 0  # the same evaluation again: all from the cache
+    assert evaluate_counting(pgd_restarts=2)[1] == 2  # another attack budget
+    assert evaluate_counting(max_samples=32)[1] == 2  # other test images
 
 
 def _write_image_folder(root, swap_test_labels=False):

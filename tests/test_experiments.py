@@ -81,7 +81,7 @@ def test_regularizer_scale_reports_each_terms_weight_gradient():
     direct = torch.sqrt(sum((p.grad ** 2).sum() for m in models for p in m.parameters()))
     assert mean["grad_ce"] == pytest.approx(float(direct), rel=1e-12)
     # alpha and beta scale their own term's value and gradient, and only theirs; "sum" is B times "mean" for L_r
-    scaled = regularizer_scale.term_gradient_norms(models, x, y, HvpCurvatureLoss(alpha=3.0, beta=2.0, reduction="sum"))
+    scaled = regularizer_scale.term_gradient_norms(models, x, y, HvpCurvatureLoss(alpha=3.0, beta=2.0, reduction="per_sample"))
     assert scaled["grad_alpha_l_r"] == pytest.approx(3.0 * 8 * mean["grad_alpha_l_r"], rel=1e-9)
     assert scaled["alpha_l_r"] == pytest.approx(3.0 * 8 * mean["alpha_l_r"], rel=1e-9)
     assert scaled["grad_beta_l_g"] == pytest.approx(4.0 * mean["grad_beta_l_g"], rel=1e-9)

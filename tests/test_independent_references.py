@@ -44,7 +44,7 @@ def test_softmax_regression_closed_form():
         l_g = sum(F.cosine_similarity(u[i], u[j], dim=1).mean() for i, j in itertools.combinations(range(3), 2))
         return l_r_sum, l_g, sum(F.cross_entropy(m(x), y) for m in twins)
 
-    for reduction, scale in (("sum", 1.0), ("mean", 1.0 / size)):
+    for reduction, scale in (("per_sample", 1.0), ("mean", 1.0 / size)):
         l_r_sum, l_g, ece = closed_form()
         l_r = l_r_sum * scale
         terms = HvpCurvatureLoss(alpha=alpha, beta=beta, h=h, reduction=reduction).terms(models, x, y)
@@ -77,7 +77,7 @@ def test_second_implementation_on_a_batchnorm_cnn(train):
     models = [m.train(train) for m in ensemble()]
     twins = copy.deepcopy(models)
     x, y = batch(size=6)
-    terms = HvpCurvatureLoss(alpha=0.7, beta=0.4, h=0.2, reduction="sum").terms(models, x, y)
+    terms = HvpCurvatureLoss(alpha=0.7, beta=0.4, h=0.2, reduction="per_sample").terms(models, x, y)
     loss, l_r, l_g = paper_edlcm(twins, x, y, 0.7, 0.4, 0.2)
     torch.testing.assert_close(terms.l_r, l_r, rtol=1e-10, atol=0)
     torch.testing.assert_close(terms.l_g, l_g, rtol=1e-10, atol=1e-13)

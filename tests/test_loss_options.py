@@ -12,7 +12,7 @@ from conftest import CUDA_SKIP_REASON, DEVICES, batch, ensemble, parameter_grads
 
 from edlcm_ext import HvpCurvatureLoss, ops
 from edlcm_ext.fused import fused_layers
-from edlcm_ext.loss import DEFAULT_H
+from edlcm_ext.loss import DEFAULT_H, DEFAULT_MAX_RATIO
 from edlcm_ext.models import build_model
 from edlcm_ext.reference import edlcm_terms, input_gradient_differences, terms_from_statistics
 
@@ -41,13 +41,13 @@ def test_mean_convention_is_eq9_with_the_batch_mean_cross_entropy():
 
 @pytest.mark.parametrize("train", [True, False])
 def test_conversion_rule_between_conventions_is_exact(train):
-    """L_r(mean) = L_r(sum) / B, so alpha_sum = alpha_mean / B gives the same loss and gradients."""
+    """L_r(mean) = L_r(per_sample) / B, so alpha_per_sample = alpha_mean / B gives the same loss and gradients."""
     models = [m.train(train) for m in ensemble()]
     twin = copy.deepcopy(models)
     x, y = batch(size=6)
     alpha, beta = 0.7, 0.3
     mean = HvpCurvatureLoss(alpha=alpha, beta=beta, reduction="mean").terms(models, x, y)
-    summed = HvpCurvatureLoss(alpha=alpha / x.shape[0], beta=beta, reduction="sum").terms(twin, x, y)
+    summed = HvpCurvatureLoss(alpha=alpha / x.shape[0], beta=beta, reduction="per_sample").terms(twin, x, y)
     torch.testing.assert_close(mean.l_r * x.shape[0], summed.l_r, rtol=1e-12, atol=0)
     torch.testing.assert_close(mean.l_g, summed.l_g, rtol=1e-12, atol=0)
     torch.testing.assert_close(mean.total, summed.total, rtol=1e-12, atol=0)
@@ -60,7 +60,7 @@ def test_every_1_and_full_batch_are_bit_identical_to_the_plain_pipeline():
     models = [m.float() for m in ensemble()]
     twin = copy.deepcopy(models)
     x, y = batch(dtype=torch.float32)
-    ours = HvpCurvatureLoss(reduction="sum", every=1, batch_fraction=1.0, alpha_warmup=0).terms(models, x, y)
+    ours = HvpCurvatureLoss(reduction="per_sample", every=1, batch_fraction=1.0, alpha_warmup=0).terms(models, x, y)
     with fused_layers():
         u, ece = input_gradient_differences(twin, x, y, DEFAULT_H)
     plain = terms_from_statistics(*ops.curvature_stats(u, 1e-8), ece, 1.0, 0.01)
@@ -121,7 +121,7 @@ def test_every_k_forward_skips_all_work_on_the_other_calls():
         hook.remove()
 
 
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("reduction", ["per_sample", "mean"])
 def test_batch_fraction_is_the_exact_regularizer_on_the_chosen_rows(reduction):
     models = ensemble()
     twin = copy.deepcopy(models)
@@ -132,7 +132,7 @@ def test_batch_fraction_is_the_exact_regularizer_on_the_chosen_rows(reduction):
     torch.manual_seed(123)
     chosen = torch.randperm(8)[: math.ceil(fraction * 8)]
     assert len(chosen) == 3
-    reference = edlcm_terms(twin, x[chosen], y[chosen], beta=0.5, reduction="sum")
+    reference = edlcm_terms(twin, x[chosen], y[chosen], alpha=1.0, beta=0.5, h=DEFAULT_H, max_ratio=DEFAULT_MAX_RATIO)
     scale = 1.0 / 8 if reduction == "mean" else 1.0  # L_r's 1/B is the full batch's: unbiased
     torch.testing.assert_close(terms.l_r, reference.l_r * scale, rtol=1e-10, atol=0)
     torch.testing.assert_close(terms.l_g, reference.l_g, rtol=1e-10, atol=0)
@@ -189,8 +189,8 @@ def test_schedule_state_survives_state_dict():
 def test_dominance_warning_fires_once_for_an_absurd_alpha_and_not_for_the_default():
     models = ensemble()
     x, y = batch()
-    with pytest.warns(RuntimeWarning, match=r"alpha \* L_r .* alpha=1e\+06 and reduction='sum'.*alpha_warmup"):
-        absurd = HvpCurvatureLoss(alpha=1e6, reduction="sum")
+    with pytest.warns(RuntimeWarning, match=r"alpha \* L_r .* alpha=1e\+06 and reduction='per_sample'.*max_ratio.*alpha_warmup"):
+        absurd = HvpCurvatureLoss(alpha=1e6, max_ratio=None)
         absurd.terms(models, x, y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

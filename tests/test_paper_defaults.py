@@ -1,8 +1,9 @@
 """The paper's defaults train the paper's kind of model: the issue's failing scenario in miniature.
 
 3x torchvision resnet18 (ImageNet-style, as a user would drop it in) on JPEG images read through
-our ImageFolder loader, alpha=1, beta=0.01, SGD lr 0.02, momentum 0.9. Under the old "sum"
-convention this scenario reached NaN on CIFAR-10 (results/paper_defaults/); the default must train.
+our ImageFolder loader, alpha=1, beta=0.01, SGD lr 0.02, momentum 0.9. Under the "per_sample"
+convention without the max_ratio cap this scenario reached NaN on CIFAR-10 (results/paper_defaults/);
+the default must train.
 """
 
 import warnings
@@ -65,5 +66,5 @@ def test_sum_convention_on_the_same_model_warns():
     torch.manual_seed(0)
     models = [torchvision.models.resnet18(num_classes=CLASSES).train() for _ in range(3)]
     x, y = torch.rand(64, 3, SIZE, SIZE), torch.randint(0, CLASSES, (64,))
-    with pytest.warns(RuntimeWarning, match="reduction='sum'.*use reduction='mean'"):
-        HvpCurvatureLoss(alpha=1.0, reduction="sum").terms(models, x, y)
+    with pytest.warns(RuntimeWarning, match="reduction='per_sample'.*set max_ratio"):
+        HvpCurvatureLoss(alpha=1.0, max_ratio=None).terms(models, x, y)

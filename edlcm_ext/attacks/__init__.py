@@ -69,7 +69,7 @@ ATTACKS: dict[str, Callable[..., Attack]] = {}
 PRESETS = {"strong": ("apgd", "apgd-dlr", "square"), "default": ("fgsm", "bim", "pgd", "apgd", "apgd-dlr", "square")}
 # How tables name each attack at its defaults (the paper's PGD is short and weak: say so).
 LABELS = {"fgsm": "FGSM", "bim": "BIM-10", "pgd": "PGD-10 (paper's, weak)", "apgd": "APGD-CE", "apgd-dlr": "APGD-DLR",
-          "square": "Square (black-box)"}
+          "square": "Square (black-box, on what the others left)"}
 
 
 def register(name: str):

@@ -9,6 +9,7 @@ class EDLCM(Method):
     alpha_warmup, ...) pass through, e.g. ``--set every=4``."""
 
     name = "edlcm"
+    fixed: tuple[str, ...] = ()  # options an ablation pins (its zeroed weight), so not recorded as settable
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.01, **regularizer_options) -> None:
         self.regularizer = HvpCurvatureLoss(alpha=alpha, beta=beta, **regularizer_options)
@@ -17,16 +18,19 @@ class EDLCM(Method):
         terms = self.regularizer.terms(list(ensemble.members), x, y)
         logs = {"ce": terms.ece}
         if terms.applied:  # skipped calls of every=k / warm-up have no L_r, L_g to average
-            logs.update(l_r=terms.l_r.detach(), l_g=terms.l_g.detach())
+            logs.update(l_r=terms.l_r.detach(), l_g=terms.l_g.detach(), alpha_applied=terms.alpha_applied)
         return terms.ece + terms.total, logs
 
     def recorded_options(self) -> dict:
-        return {"reduction": self.regularizer.reduction}
+        r = self.regularizer
+        options = {"alpha": r.alpha, "beta": r.beta, "h": r.h, "reduction": r.reduction, "max_ratio": r.max_ratio}
+        return {key: value for key, value in options.items() if key not in self.fixed}
 
     def divergence_hint(self) -> str:
         r = self.regularizer
-        return (f"With alpha={r.alpha}, reduction={r.reduction!r}, alpha * L_r may swamp the CE (HvpCurvatureLoss warns "
-                f"when it does): lower alpha, use reduction='mean', or set alpha_warmup (README, 'Scale of L_r').")
+        return (f"With alpha={r.alpha}, h={r.h}, reduction={r.reduction!r}, max_ratio={r.max_ratio}, alpha * L_r may swamp "
+                f"the CE (HvpCurvatureLoss warns when it does): keep max_ratio on, lower alpha or h, or set alpha_warmup "
+                f"(docs/defaults.md).")
 
     def state_dict(self) -> dict:
         return self.regularizer.state_dict()
@@ -40,6 +44,7 @@ class OnlyCurvature(EDLCM):
     """EDLCM ablation with only the curvature term: L_ece + alpha L_r (paper sec. IV-D)."""
 
     name = "edlcm_lr"
+    fixed = ("beta",)
 
     def __init__(self, alpha: float = 1.0, **regularizer_options) -> None:
         super().__init__(alpha=alpha, beta=0.0, **regularizer_options)
@@ -50,6 +55,7 @@ class OnlyDispersion(EDLCM):
     """EDLCM ablation with only the dispersion term: L_ece + beta L_g (paper sec. IV-D)."""
 
     name = "edlcm_lg"
+    fixed = ("alpha",)
 
     def __init__(self, beta: float = 0.01, **regularizer_options) -> None:
         super().__init__(alpha=0.0, beta=beta, **regularizer_options)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The sweep that chose HvpCurvatureLoss's defaults (docs/defaults.md): 3x small_cnn on a fixed 8,192 of
+# the CIFAR-10 (JPEG) training images, 8 epochs, evaluated on a fixed 500 test images with the
+# six attacks (worst case per sample). The default (alpha 1, h 0.3, "per_sample", max_ratio 1) and
+# Base at two seeds first, then each knob x0.3 and x3 around the default. Every run's state lives in
+# results/defaults_sweep/runs/<name> and is committed as it finishes (experiments/persistent_run.sh),
+# so rerunning this script on any machine continues the sweep. About 10 min per EDLCM run on 2 CPU
+# cores, 4 min per Base run; then summarize:
+#   python experiments/summarize_runs.py results/defaults_sweep
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RESULTS=${RESULTS:-results/defaults_sweep} SUBSET=${SUBSET:-8192} EPOCHS=${EPOCHS:-8} SAMPLES=${SAMPLES:-500}
+RUNS=(
+  "base_s0 base 0"
+  "default_s0 edlcm 0"
+  "base_s1 base 1"
+  "default_s1 edlcm 1"
+  "h0.9 edlcm 0 h=0.9"
+  "alpha3 edlcm 0 alpha=3.0"
+  "h0.1 edlcm 0 h=0.1"
+  "alpha0.3 edlcm 0 alpha=0.3"
+  "paper_literal edlcm 0 reduction='mean' h=0.1 max_ratio=None"
+  "no_cap edlcm 0 max_ratio=None"
+)
+for run in "${RUNS[@]}"; do
+  read -r -a fields <<< "$run"
+  bash experiments/persistent_run.sh "${fields[@]}"
+done

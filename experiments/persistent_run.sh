@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One named run that survives the machine: train it and evaluate it with its state inside the
+# repository ($RESULTS/runs/NAME: checkpoint, logs, per-sample attack flags, results), committing
+# each finished stage, so a fresh clone on any machine continues where the last one stopped. Rerun
+# the same command after any interruption: a finished training is resumed (nothing to do), a
+# finished attack is read from the committed flags. A small_cnn ensemble's checkpoint is < 1 MB.
+#   RESULTS=results/defaults_sweep SUBSET=8192 EPOCHS=8 bash experiments/persistent_run.sh NAME METHOD SEED [KEY=VALUE ...]
+# KEY=VALUE pairs are the method's options (edlcm train --set). COMMIT=0 skips the commits.
+set -euo pipefail
+[ $# -ge 3 ] || { echo "usage: $0 NAME METHOD SEED [KEY=VALUE ...]" >&2; exit 2; }
+name=$1 method=$2 seed=$3
+shift 3
+repo=$(cd "$(dirname "$0")/.." && pwd)
+DATA=${DATA:-$repo/../shared/data/cifar10-jpeg}
+RESULTS=${RESULTS:?set RESULTS, a folder inside the repository, e.g. results/defaults_sweep}
+ARCH=${ARCH:-small_cnn}
+EPOCHS=${EPOCHS:-20}
+SUBSET=${SUBSET:-0}      # >0: a fixed random subset of N training images
+SAMPLES=${SAMPLES:-500}  # fixed random test images attacked
+EPS=${EPS:-0.005,0.01,0.02}
+CURVATURE=${CURVATURE:-200}
+COMMIT=${COMMIT:-1}
+EDLCM=${EDLCM:-python -m edlcm_ext}  # the trainer/evaluator to run (a pinned copy of the code, say)
+run_dir=$RESULTS/runs/$name
+mkdir -p "$run_dir/eval"
+
+sets=()
+for option in "$@"; do sets+=(--set "$option"); done
+
+commit() {  # commit only this run's folder; another git command may hold the index for a moment
+  [ "$COMMIT" = 1 ] || return 0
+  for _ in 1 2 3 4 5 6; do
+    if git -C "$repo" add -- "$run_dir" && git -C "$repo" commit -q -m "$1" -- "$run_dir"; then return 0; fi
+    git -C "$repo" diff --cached --quiet -- "$run_dir" && return 0  # nothing new to record
+    sleep 5
+  done
+  echo "could not commit $run_dir" >&2
+  return 1
+}
+
+echo "== train $name ($(date -u +%H:%M))"
+$EDLCM train --method "$method" --seed "$seed" --dataset imagefolder --data-dir "$DATA" --arch "$ARCH" --members 3 \
+  --epochs "$EPOCHS" --train-subset "$SUBSET" --channels-last --no-progress --resume "${sets[@]}" --out-dir "$run_dir"
+commit "Record: $name trained ($method, seed $seed, ${*:-defaults}; $ARCH x3, $EPOCHS epochs, subset ${SUBSET}, $(uname -m), $(date -u +%F))"
+
+echo "== evaluate $name ($(date -u +%H:%M))"
+$EDLCM eval --checkpoint "$run_dir/checkpoint.pt" --name "$name" --data-dir "$DATA" --attacks default --eps "$EPS" \
+  --max-samples "$SAMPLES" --curvature "$CURVATURE" --out-dir "$run_dir/eval" --cache-dir "$run_dir/eval/flags" --no-progress \
+  > "$run_dir/eval/stdout.txt" 2>&1 || { cat "$run_dir/eval/stdout.txt" >&2; exit 1; }
+commit "Record: $name evaluated (worst case over six attacks on $SAMPLES test images at eps $EPS, $(date -u +%F))"
