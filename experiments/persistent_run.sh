@@ -10,7 +10,7 @@ set -euo pipefail
 [ $# -ge 3 ] || { echo "usage: $0 NAME METHOD SEED [KEY=VALUE ...]" >&2; exit 2; }
 name=$1 method=$2 seed=$3
 shift 3
-repo=$(cd "$(dirname "$0")/.." && pwd)
+repo=${REPO:-$(cd "$(dirname "$0")/.." && pwd)}  # REPO: commit into another clone (code pinned elsewhere)
 DATA=${DATA:-$repo/../shared/data/cifar10-jpeg}
 RESULTS=${RESULTS:?set RESULTS, a folder inside the repository, e.g. results/defaults_sweep}
 ARCH=${ARCH:-small_cnn}
