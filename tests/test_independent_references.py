@@ -82,3 +82,62 @@ def test_second_implementation_on_a_batchnorm_cnn(train):
     torch.testing.assert_close(terms.l_r, l_r, rtol=1e-10, atol=0)
     torch.testing.assert_close(terms.l_g, l_g, rtol=1e-10, atol=1e-13)
     assert_grads_close(parameter_grads(models, terms.ece + terms.total), parameter_grads(twins, loss))
+
+
+def softmax_regression_terms(models, x, y, h, max_ratio, alpha, beta):
+    """Eqs 2, 8-11 for f_m(x) = W_m x + b_m by formula (grad_x CE_b = W^T (softmax - e_y)), in the
+    per-sample convention, with alpha capped at max_ratio * CE / L_r: (loss, ce, l_r, l_g, alpha used)."""
+    classes = models[0].out_features
+
+    def input_gradient(model, z):
+        return (torch.softmax(model(z), dim=1) - F.one_hot(y, classes).double()) @ model.weight
+
+    u = []
+    for model in models:
+        g = sign_direction(input_gradient(model, x).detach())
+        u.append(input_gradient(model, x + h * g) - input_gradient(model, x))
+    ce = sum(F.cross_entropy(m(x), y) for m in models)
+    l_r = sum((um ** 2).sum(dim=1).mean() for um in u)
+    l_g = sum(F.cosine_similarity(u[i], u[j], dim=1).mean() for i, j in itertools.combinations(range(len(u)), 2))
+    used = min(alpha, max_ratio * ce.item() / l_r.item())
+    return ce + used * l_r + beta * l_g, ce, l_r, l_g, used
+
+
+def test_default_scale_is_the_per_sample_closed_form_at_h_0_3_for_any_batch_size():
+    """The defaults, written out here on purpose (alpha 1, beta 0.01, h 0.3, per-sample, cap 1): a
+    changed default or a batch-size factor in L_r fails this test. Doubling the batch (the same
+    samples twice) leaves every term unchanged."""
+    torch.manual_seed(1)
+    dims, classes = 6, 3
+    models = [torch.nn.Linear(dims, classes).double() for _ in range(3)]
+    x, y = torch.randn(5, dims, dtype=torch.float64), torch.randint(0, classes, (5,))
+    loss, ce, l_r, l_g, used = softmax_regression_terms(copy.deepcopy(models), x, y, h=0.3, max_ratio=1.0, alpha=1.0, beta=0.01)
+    assert used == 1.0  # the cap is not engaged here: this is the plain per-sample scale
+    for xs, ys in ((x, y), (torch.cat([x, x]), torch.cat([y, y]))):
+        terms = HvpCurvatureLoss().terms(models, xs, ys)
+        torch.testing.assert_close(terms.l_r, l_r, rtol=1e-12, atol=0)
+        torch.testing.assert_close(terms.l_g, l_g, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(terms.ece + terms.total, loss, rtol=1e-12, atol=0)
+
+
+def test_max_ratio_caps_alpha_times_l_r_at_that_multiple_of_the_ce():
+    """Steeper softmax regressions and a low cap: alpha * L_r would be above max_ratio * CE, so the
+    loss is CE + max_ratio * CE + beta * L_g in value, and its gradient is that of CE + c L_r + beta L_g
+    with the constant c = max_ratio * CE / L_r (the cap is not differentiated). (Much steeper weights
+    saturate the softmax, and round-off then flips signs of near-zero input gradients, so g differs.)"""
+    torch.manual_seed(2)
+    dims, classes, alpha, beta, max_ratio = 6, 3, 1.0, 0.3, 0.01
+    models = [torch.nn.Linear(dims, classes).double() for _ in range(3)]
+    with torch.no_grad():
+        for model in models:
+            model.weight.mul_(5)
+    twins = copy.deepcopy(models)
+    x, y = torch.randn(8, dims, dtype=torch.float64), torch.randint(0, classes, (8,))
+    terms = HvpCurvatureLoss(alpha=alpha, beta=beta, max_ratio=max_ratio).terms(models, x, y)
+    loss, ce, l_r, l_g, used = softmax_regression_terms(twins, x, y, h=0.3, max_ratio=max_ratio, alpha=alpha, beta=beta)
+    assert used < 0.5 * alpha  # engaged
+    torch.testing.assert_close(terms.alpha_applied, torch.tensor(used, dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(terms.total, max_ratio * ce + beta * l_g, rtol=1e-12, atol=0)
+    assert_grads_close(parameter_grads(models, terms.ece + terms.total), parameter_grads(twins, loss))
+    uncapped = HvpCurvatureLoss(alpha=alpha, beta=beta, max_ratio=None).terms(copy.deepcopy(twins), x, y)
+    torch.testing.assert_close(uncapped.total, alpha * l_r + beta * l_g, rtol=1e-12, atol=0)

@@ -261,3 +261,18 @@ def test_cuda_step_makes_no_host_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_default_terms_do_not_depend_on_the_batch_size(train):
+    """The batch concatenated with itself has the same terms under the default convention (BatchNorm's
+    batch statistics are those of the batch too); under "mean", L_r halves with the doubled batch."""
+    models = [m.train(train) for m in ensemble()]
+    x, y = batch(size=5)
+    doubled = (torch.cat([x, x]), torch.cat([y, y]))
+    one, two = HvpCurvatureLoss().terms(copy.deepcopy(models), x, y), HvpCurvatureLoss().terms(copy.deepcopy(models), *doubled)
+    for name in ("ece", "l_r", "l_g", "total"):
+        torch.testing.assert_close(getattr(two, name), getattr(one, name), rtol=1e-10, atol=1e-14)
+    mean_one = HvpCurvatureLoss(reduction="mean").terms(copy.deepcopy(models), x, y)
+    mean_two = HvpCurvatureLoss(reduction="mean").terms(copy.deepcopy(models), *doubled)
+    torch.testing.assert_close(mean_two.l_r, mean_one.l_r / 2, rtol=1e-10, atol=0)
