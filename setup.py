@@ -1,7 +1,8 @@
-"""Builds edlcm_ext._C: CPU kernels always, CUDA kernels when torch is a CUDA build and nvcc is found.
+"""Builds edlcm_ext._C: CPU kernels always; CUDA kernels, as torchvision decides, when torch is a CUDA
+build, a toolkit (nvcc) is found and either a GPU is visible or FORCE_CUDA=1 is set.
 
-Whether CUDA kernels are built is decided from the toolkit (CUDA_HOME / nvcc), never from whether a
-GPU is visible: the build machines have nvcc but no GPU. EDLCM_EXT_CUDA=0/1 overrides the decision.
+A CPU-only machine with nvcc on the PATH builds in minutes instead of compiling kernels it can never
+run; FORCE_CUDA=1 builds them anyway (a wheel for GPU machines, or CI checking that they compile).
 """
 
 import glob
@@ -44,17 +45,13 @@ def find_cuda_home():
     return next((c for c in candidates if _is_toolkit(c)), None)
 
 
-def want_cuda(torch_cuda_version, cuda_home):
-    override = os.environ.get("EDLCM_EXT_CUDA", "").strip()
-    if override in ("0", "1"):
-        if override == "1" and (torch_cuda_version is None or cuda_home is None):
-            raise RuntimeError(
-                "EDLCM_EXT_CUDA=1 but torch is not a CUDA build or no CUDA toolkit (nvcc) was found"
-            )
-        return override == "1"
-    if override:
-        raise ValueError(f"EDLCM_EXT_CUDA must be 0 or 1, got {override!r}")
-    return torch_cuda_version is not None and cuda_home is not None
+def want_cuda(torch_cuda_version, cuda_home, gpu_visible):
+    force = os.environ.get("FORCE_CUDA", "0").strip()
+    if force not in ("0", "1"):
+        raise ValueError(f"FORCE_CUDA must be 0 or 1, got {force!r}")
+    if force == "1" and (torch_cuda_version is None or cuda_home is None):
+        raise RuntimeError("FORCE_CUDA=1 but torch is not a CUDA build or no CUDA toolkit (nvcc) was found")
+    return torch_cuda_version is not None and cuda_home is not None and (gpu_visible or force == "1")
 
 
 def cuda_library_include_dirs():
@@ -86,7 +83,7 @@ def get_extensions():
     # at::parallel_for runs on one thread unless OpenMP is on at compile and link time.
     extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
     kwargs = dict(extra_link_args=["-fopenmp"] + SHARED_LIBSTDCXX, include_dirs=[CSRC])
-    if want_cuda(torch.version.cuda, cuda_home):
+    if want_cuda(torch.version.cuda, cuda_home, torch.cuda.is_available()):
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
         sources += _sources("csrc/cuda/*.cu")

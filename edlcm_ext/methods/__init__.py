@@ -7,6 +7,7 @@ It is built from its paper's defaults, which keyword overrides replace.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from torch import Tensor
@@ -18,6 +19,17 @@ class Method:
     """Base class: subclasses set ``name`` and implement ``loss``."""
 
     name: str = ""
+    min_members: int = 1  # methods whose terms compare members need >= 2
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, object]:
+        """The options ``build_method(name, **options)`` accepts (``edlcm train --set``), with defaults."""
+        return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
+    def members_needed(self) -> int:
+        """The fewest members this method, as configured, can train."""
+        return self.min_members
 
     def loss(self, ensemble: Ensemble, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
@@ -56,6 +68,10 @@ def register(name: str):
 def build_method(name: str, **overrides) -> Method:
     if name not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {name!r}")
+    unknown = sorted(set(overrides) - set(METHODS[name].option_defaults()))
+    if unknown:
+        known = ", ".join(f"{k}={v!r}" for k, v in METHODS[name].option_defaults().items()) or "none"
+        raise ValueError(f"method {name!r} has no option {', '.join(unknown)}; its options (defaults): {known}")
     return METHODS[name](**overrides)
 
 

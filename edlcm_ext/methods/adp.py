@@ -16,6 +16,7 @@ class ADP(Method):
     """
 
     name = "adp"
+    min_members = 2
 
     def __init__(self, alpha: float = 2.0, beta: float = 0.5, det_offset: float = 1e-6, log_offset: float = 1e-20) -> None:
         self.alpha, self.beta, self.det_offset, self.log_offset = alpha, beta, det_offset, log_offset

@@ -1,3 +1,5 @@
+import inspect
+
 from ..loss import HvpCurvatureLoss
 from . import Method, register
 
@@ -13,6 +15,14 @@ class EDLCM(Method):
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.01, **regularizer_options) -> None:
         self.regularizer = HvpCurvatureLoss(alpha=alpha, beta=beta, **regularizer_options)
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, object]:
+        forwarded = {p.name: p.default for p in inspect.signature(HvpCurvatureLoss.__init__).parameters.values() if p.name != "self"}
+        return {key: value for key, value in {**forwarded, **super().option_defaults()}.items() if key not in cls.fixed}
+
+    def members_needed(self) -> int:
+        return 2 if self.regularizer.beta != 0 else 1  # L_g compares members
 
     def loss(self, ensemble, x, y):
         terms = self.regularizer.terms(list(ensemble.members), x, y)

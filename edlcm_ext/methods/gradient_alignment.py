@@ -34,6 +34,7 @@ class GAL(Method):
     per sample then averaged over the batch; lambda = 0.5. Needs >= 2 members."""
 
     name = "gal"
+    min_members = 2
 
     def __init__(self, lam: float = 0.5) -> None:
         self.lam = lam
@@ -51,6 +52,7 @@ class DEG(Method):
     cos(grad_i, grad_j); beta = 0.01. Needs >= 2 members."""
 
     name = "deg"
+    min_members = 2
 
     def __init__(self, beta: float = 0.01) -> None:
         self.beta = beta
