@@ -1,11 +1,14 @@
-"""Do the paper's defaults train? The README loop (alpha=1, beta=0.01, SGD lr 0.02, momentum 0.9,
-B=64) for the first steps on real CIFAR-10 (JPEG) batches, per architecture and L_r convention.
+"""Do the defaults train everywhere? The README loop (HvpCurvatureLoss's defaults or another setting,
+SGD lr 0.02, momentum 0.9, B=64) for the first steps on real CIFAR-10 (JPEG) batches, per architecture:
+ours and torchvision's resnet18/resnet34 at their own init, as a user would drop them in.
 
-Prints (and with --out writes) a Markdown table: sum of the members' CE over the first 5 and the
-last 10 steps (chance = 3 ln 10 = 6.9), the largest CE, alpha * L_r / CE at the regularizer's first
-step, NaN or not, and the mean CE of each window of --window steps (the trend; progress on stderr).
+Prints (and with --out writes) a Markdown table: sum of the members' CE over the first 5, the last 10
+and the last 20 steps (chance = 3 ln 10 = 6.9), the largest CE, alpha * L_r / CE at the regularizer's
+first step (before any cap), the smallest alpha the max_ratio cap applied, whether the dominance
+warning fired, NaN or not, and the mean CE of each window of --window steps (progress on stderr).
 
-    python experiments/paper_defaults.py --data-dir ../shared/data/cifar10-jpeg --steps 60 --out results/paper_defaults.md
+    python experiments/paper_defaults.py --data-dir ../shared/data/cifar10-jpeg --steps 200 --settings base,default \
+        --arch torchvision_resnet18 --out results/trains_everywhere/torchvision_resnet18.md
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import math
 import platform
 import sys
 import time
+import warnings
 
 import torch
 import torchvision
@@ -28,13 +32,21 @@ from edlcm_ext.models import build_model
 from edlcm_ext.models.layers import Normalize
 
 
-def torchvision_resnet18() -> torch.nn.Module:
-    """torchvision's ImageNet-style ResNet-18 on [0, 1] CIFAR inputs, as a user would drop it in."""
-    return torch.nn.Sequential(Normalize(CIFAR10_INFO.mean, CIFAR10_INFO.std), torchvision.models.resnet18(num_classes=10))
+def torchvision_model(name: str) -> torch.nn.Module:
+    """torchvision's ImageNet-style ResNet on [0, 1] CIFAR inputs, at its own init, as a user would drop it in."""
+    return torch.nn.Sequential(Normalize(CIFAR10_INFO.mean, CIFAR10_INFO.std), getattr(torchvision.models, name)(num_classes=10))
 
 
+# HvpCurvatureLoss settings by name ("base": no regularizer).
+SETTINGS = {
+    "base": None,
+    "default": {},
+    "paper_literal": {"reduction": "mean", "h": 0.1, "max_ratio": None},  # the 0.2 default
+    "uncapped": {"max_ratio": None},
+}
 ARCHITECTURES = {
-    "torchvision_resnet18": torchvision_resnet18,
+    "torchvision_resnet18": functools.partial(torchvision_model, "resnet18"),
+    "torchvision_resnet34": functools.partial(torchvision_model, "resnet34"),
     # every architecture we ship, normalizing [0, 1] inputs as the trainer builds them
     **{name: functools.partial(build_model, name, 10, 3, CIFAR10_INFO.mean, CIFAR10_INFO.std)
        for name in ("resnet20", "resnet18", "resnet34", "vgg16_bn", "small_cnn")},
@@ -42,12 +54,16 @@ ARCHITECTURES = {
 
 
 def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int = 0, window: int = 20) -> dict:
-    """setting: "base", or an L_r convention ("mean", "sum") for EDLCM at the paper's alpha, beta."""
+    """setting: a name in SETTINGS (EDLCM at alpha 1, beta 0.01 with those options, or "base")."""
     torch.manual_seed(seed)
     models = [ARCHITECTURES[arch]().train() for _ in range(3)]
     optimizer = torch.optim.SGD([p for m in models for p in m.parameters()], lr=0.02, momentum=0.9, weight_decay=5e-4)
-    regularizer = None if setting == "base" else HvpCurvatureLoss(alpha=1.0, beta=0.01, reduction=setting, alpha_warmup=alpha_warmup)
-    ces, windows, ratio, started = [], [], None, time.perf_counter()
+    options = SETTINGS[setting]
+    regularizer = None if options is None else HvpCurvatureLoss(**{"alpha": 1.0, "beta": 0.01, "alpha_warmup": alpha_warmup, **options})
+    ces, windows, ratio, applied, started = [], [], None, [], time.perf_counter()
+    caught = warnings.catch_warnings(record=True)
+    warned = caught.__enter__()
+    warnings.simplefilter("always")
     for x, y in batches:
         optimizer.zero_grad()
         if regularizer is None:
@@ -56,8 +72,10 @@ def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int
         else:
             terms = regularizer.terms(models, x, y)
             ce, loss = terms.ece, terms.ece + terms.total
-            if ratio is None and terms.applied:
-                ratio = float(regularizer.alpha * terms.l_r.detach() / terms.ece.detach())
+            if terms.applied:
+                applied.append(float(terms.alpha_applied))
+                if ratio is None:
+                    ratio = float(regularizer.alpha * terms.l_r.detach() / terms.ece.detach())
         ces.append(float(ce.detach()))
         if len(ces) % window == 0:
             windows.append(sum(ces[-window:]) / window)
@@ -66,10 +84,13 @@ def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int
             break
         loss.backward()
         optimizer.step()
+    caught.__exit__(None, None, None)
     finite = all(math.isfinite(c) for c in ces)
+    dominance = any("swamps the classification loss" in str(w.message) for w in warned)
     return {"arch": arch, "setting": setting, "steps": len(ces), "first5": sum(ces[:5]) / 5,
-            "last10": sum(ces[-10:]) / 10 if finite else float("nan"), "max": max(ces) if finite else float("nan"),
-            "first_ratio": ratio, "windows": windows, "nan_at": None if finite else len(ces),
+            "last10": sum(ces[-10:]) / 10 if finite else float("nan"), "last20": sum(ces[-20:]) / 20 if finite else float("nan"),
+            "max": max(ces) if finite else float("nan"), "first_ratio": ratio, "min_alpha_applied": min(applied) if applied else None,
+            "dominance_warning": dominance, "windows": windows, "nan_at": None if finite else len(ces),
             "seconds": time.perf_counter() - started}
 
 
@@ -78,7 +99,7 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--arch", default=",".join(ARCHITECTURES))
-    parser.add_argument("--settings", default="base,mean,sum")
+    parser.add_argument("--settings", default="base,default", help=f"comma-separated, of {', '.join(SETTINGS)}")
     parser.add_argument("--alpha-warmup", type=int, default=0, help="HvpCurvatureLoss's alpha_warmup (steps)")
     parser.add_argument("--window", type=int, default=20, help="steps per window of the CE trend column")
     parser.add_argument("--out", default=None)
@@ -87,20 +108,23 @@ def main() -> None:
     loader = DataLoader(fixed_subset(dataset, 64 * args.steps), batch_size=64, shuffle=True,
                         generator=torch.Generator().manual_seed(0), drop_last=True)
     batches = list(loader)
-    lines = [f"# Paper defaults on CIFAR-10 (JPEG): first {len(batches)} steps, B=64, 3 members",
+    lines = [f"# HvpCurvatureLoss settings on CIFAR-10 (JPEG): first {len(batches)} steps, B=64, 3 members",
              "", f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}, "
              f"{time.strftime('%Y-%m-%d')}. alpha=1, beta=0.01, SGD lr 0.02, momentum 0.9, wd 5e-4. "
-             f"alpha_warmup={args.alpha_warmup}. CE = sum of the 3 members' batch-mean CE (chance 6.91).", "",
-             f"| arch | setting | CE first 5 | CE last 10 | CE max | alpha·L_r / CE at first regularized step | NaN at step | s/step | mean CE per {args.window} steps |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"alpha_warmup={args.alpha_warmup}. Settings: " + "; ".join(f"{k}: {v}" for k, v in SETTINGS.items())
+             + ". CE = sum of the 3 members' batch-mean CE (chance 6.91).", "",
+             f"| arch | setting | CE first 5 | CE last 10 | CE last 20 | CE max | alpha·L_r / CE at first regularized step (uncapped) "
+             f"| smallest alpha applied | dominance warning | NaN at step | s/step | mean CE per {args.window} steps |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for arch in args.arch.split(","):
         for setting in args.settings.split(","):
             r = run(arch, setting, batches, alpha_warmup=args.alpha_warmup, window=args.window)
             ratio = "–" if r["first_ratio"] is None else f"{r['first_ratio']:.3g}"
-            line = (f"| {arch} | {'base' if setting == 'base' else 'edlcm, reduction=' + setting} | {r['first5']:.2f} | "
-                    f"{r['last10']:.2f} | {r['max']:.2f} | {ratio} | {r['nan_at'] or '–'} | {r['seconds'] / r['steps']:.2f} | "
-                    f"{' '.join(f'{w:.2f}' for w in r['windows'])} |")
+            smallest = "–" if r["min_alpha_applied"] is None else f"{r['min_alpha_applied']:.3g}"
+            line = (f"| {arch} | {setting} | {r['first5']:.2f} | {r['last10']:.2f} | {r['last20']:.2f} | {r['max']:.2f} | {ratio} | "
+                    f"{smallest} | {'yes' if r['dominance_warning'] else 'no'} | {r['nan_at'] or '–'} | "
+                    f"{r['seconds'] / r['steps']:.2f} | {' '.join(f'{w:.2f}' for w in r['windows'])} |")
             print(line, flush=True)
             lines.append(line)
     if args.out:

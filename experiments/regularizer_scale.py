@@ -78,7 +78,7 @@ def main() -> None:
     for source in args.checkpoint or ["init"]:
         label, models = members_at(source, args.arch)
         models = [m.train() for m in models]
-        for reduction in ("mean", "sum"):
+        for reduction in ("mean", "per_sample"):
             r = average_over_batches(models, batches, HvpCurvatureLoss(alpha=args.alpha, beta=args.beta, reduction=reduction))
             lines.append(f"| {label} | {reduction} | {r['ce']:.3g} | {r['alpha_l_r']:.3g} | {r['beta_l_g']:.3g} | {r['grad_ce']:.3g} | "
                          f"{r['grad_alpha_l_r']:.3g} | {r['grad_beta_l_g']:.3g} | {r['grad_alpha_l_r'] / r['grad_ce']:.3g} |")

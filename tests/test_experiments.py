@@ -4,6 +4,7 @@ regularizer_scale.py (weight-gradient norms of eq 11's terms) and paper_defaults
 import importlib.util
 import json
 import os
+from unittest import mock
 
 import pytest
 
@@ -89,12 +90,22 @@ def test_regularizer_scale_reports_each_terms_weight_gradient():
     assert mean["grad_alpha_l_r"] > 0 and mean["grad_beta_l_g"] > 0
 
 
+def test_paper_defaults_reports_a_dominance_warning_and_the_cap():
+    """An uncapped, absurd alpha is reported as dominating; the default cap lowers alpha instead."""
+    torch.manual_seed(0)
+    batches = [(torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(2)]
+    with mock.patch.dict(paper_defaults.SETTINGS, {"absurd": {"max_ratio": None, "alpha": 1e6}, "capped": {"alpha": 1e6}}):
+        assert paper_defaults.run("small_cnn", "absurd", batches)["dominance_warning"]
+        capped = paper_defaults.run("small_cnn", "capped", batches)
+    assert not capped["dominance_warning"] and capped["min_alpha_applied"] < 1e6
+
+
 def test_paper_defaults_reports_the_ratio_at_the_first_regularized_step_and_windows_of_ce():
     torch.manual_seed(0)
     batches = [(torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(5)]
-    report = paper_defaults.run("small_cnn", "mean", batches, alpha_warmup=2, window=2)
+    report = paper_defaults.run("small_cnn", "default", batches, alpha_warmup=2, window=2)
     # calls 0 and 1 of a 2-step warm-up run without the regularizer (weight 0): its ratio is call 2's
-    assert report["first_ratio"] > 0
+    assert report["first_ratio"] > 0 and report["min_alpha_applied"] <= 1.0 and not report["dominance_warning"]
     assert report["steps"] == 5 and len(report["windows"]) == 2  # the 5th step fills no window
     ces = paper_defaults.run("small_cnn", "base", batches, window=1)["windows"]
     assert paper_defaults.run("small_cnn", "base", batches, window=2)["windows"] == pytest.approx(

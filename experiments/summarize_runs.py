@@ -1,0 +1,97 @@
+"""One table from the committed state of persistent runs (experiments/persistent_run.sh): per run, its
+options, clean accuracy (all 10,000 test images after the last epoch, and on the attacked images),
+the per-sample worst case over the attacks at each eps, the strong attacks at the headline eps,
+lambda_max, and whether the max_ratio cap ever lowered alpha. A run not yet trained or evaluated is
+listed as such, not dropped.
+
+    python experiments/summarize_runs.py results/defaults_sweep [--baseline base] [--eps 0.01] > table.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+
+def read_run(folder: str) -> dict:
+    """What a run's folder holds: its config, per-epoch log and (once evaluated) its results."""
+    run = {"name": os.path.basename(folder), "log": [], "result": None, "config": None}
+    for name, key in (("config.json", "config"), ("eval/results.json", "result")):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            with open(path) as handle:
+                run[key] = json.load(handle)
+    if run["result"] is not None:
+        run["result"] = next(iter(run["result"]["results"].values()))
+    log = os.path.join(folder, "log.jsonl")
+    if os.path.exists(log):
+        with open(log) as handle:
+            run["log"] = [json.loads(line) for line in handle if line.strip()]
+    return run
+
+
+def describe(config: dict | None, defaults: dict) -> str:
+    if config is None:
+        return "not started"
+    changed = {k: v for k, v in config["method_options"].items() if defaults.get(k, object()) != v}
+    options = ", ".join(f"{k}={v}" for k, v in changed.items())
+    return f"{config['method']} seed {config['seed']}" + (f", {options}" if options else "")
+
+
+def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
+    from edlcm_ext.methods import METHODS
+
+    defaults = METHODS["edlcm"].option_defaults()
+    eps_values = sorted({e for run in runs if run["result"] for e in run["result"]["worst"]}, key=float)
+    header = (["run", "setting", "epochs", "clean (10k)", "clean (attacked)"] + [f"worst case {e}" for e in eps_values]
+              + [f"APGD-CE {eps_headline}", f"APGD-DLR {eps_headline}", f"+Square {eps_headline}", "mean λ_max", "min alpha applied"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    base_worst = {}
+    if baseline:
+        base_runs = [r for r in runs if r["result"] and r["config"]["method"] == baseline]
+        for e in eps_values:
+            values = [100 * r["result"]["worst"][e]["all"] for r in base_runs if e in r["result"]["worst"]]
+            if values:
+                base_worst[e] = statistics.mean(values)
+    for run in runs:
+        epochs = f"{len(run['log'])}/{run['config']['epochs']}" if run["config"] else "-"
+        clean10k = f"{100 * run['log'][-1]['test_accuracy']:.1f}" if run["log"] else "-"
+        applied = [r["alpha_applied"] for r in run["log"] if "alpha_applied" in r]
+        cells = [run["name"], describe(run["config"], defaults), epochs, clean10k]
+        result = run["result"]
+        if result is None:
+            cells += ["not evaluated"] + [""] * (len(header) - len(cells) - 1)
+        else:
+            cells.append(f"{100 * result['clean']:.1f}")
+            for e in eps_values:
+                worst = 100 * result["worst"][e]["all"]
+                gain = f" ({worst - base_worst[e]:+.1f})" if e in base_worst and run["config"]["method"] != baseline else ""
+                cells.append(f"{worst:.1f}{gain}")
+            attacks = result["attacks"]
+            cells += [f"{100 * attacks[a][eps_headline]['all']:.1f}" if a in attacks else "-" for a in ("apgd", "apgd-dlr", "square")]
+            cells.append(f"{result['curvature']['lambda_max']['mean']:.3g}" if "curvature" in result else "-")
+        if result is not None:
+            cells.append(f"{min(applied):.3g}" if applied else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"Worst case: per sample, over every attack run (gains in parentheses against the mean of the "
+             f"{baseline} runs)." if baseline else "", "alpha applied: the epoch mean of the weight L_r got; below "
+             "alpha only where the max_ratio cap engaged."]
+    return "\n".join(lines) + "\n\n" + " ".join(n for n in notes if n) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", help="a folder with runs/<name>/ (e.g. results/defaults_sweep)")
+    parser.add_argument("--baseline", default="base", help="method whose mean worst case the gains are taken against")
+    parser.add_argument("--eps", default="0.01", help="eps of the per-attack columns")
+    parser.add_argument("--order", default=None, help="comma-separated run names, in the table's order (default: sorted)")
+    args = parser.parse_args()
+    runs_dir = os.path.join(args.results, "runs")
+    names = args.order.split(",") if args.order else sorted(os.listdir(runs_dir))
+    print(table([read_run(os.path.join(runs_dir, name)) for name in names], args.eps, args.baseline), end="")
+
+
+if __name__ == "__main__":
+    main()
