@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 import edlcm_ext
+from edlcm_ext.devices import resolve_device
 from edlcm_ext.ensemble import Ensemble
 from edlcm_ext.methods import METHODS, build_method
 from edlcm_ext.models import build_model
@@ -271,7 +272,7 @@ def machine_description(device: torch.device) -> dict:
 
 
 def run(args) -> dict:
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     configs = QUICK_CONFIGS if args.quick else CONFIGS
     repeats, warmup = (3, 1) if args.quick else (args.repeats, 2)
     modes = mode_table(args.amp, args.methods)
@@ -351,7 +352,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small repeats and ResNet-18 at batch 8: < 1 min on 2 CPU cores")
     parser.add_argument("--configs", default="small_cnn,resnet18", help=f"comma-separated, of {sorted(CONFIGS)}")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per mode (ignored with --quick)")
     parser.add_argument("--epoch-images", type=int, default=0, help="also time one epoch of this many images per mode")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from .attacks import ATTACKS, LABELS, PRESETS, expand_attack_names
 from .checkpoint import CheckpointError
 from .data import DATASETS, load_dataset
+from .devices import resolve_device
 from .eval_job import DEFAULT_EPS, EvalSettings, run_evaluation
 from .evaluate import robust_accuracy
 from .methods import METHODS, build_method
@@ -118,15 +119,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def _device_name(text: str) -> str:
-    if text != "auto":
-        try:
-            device = torch.device(text)
-        except RuntimeError:
-            raise argparse.ArgumentTypeError(f"invalid device {text!r}; choose auto, cpu, cuda or cuda:N") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device is visible on this machine; use cpu or auto")
-        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    try:
+        resolve_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return text
 
 

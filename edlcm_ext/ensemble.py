@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+def ensemble_cross_entropy(member_logits: Sequence[Tensor], y: Tensor) -> Tensor:
+    """L_ece = sum_m CE(f_m(x), y), each a batch mean (paper eq 2)."""
+    return sum(F.cross_entropy(logits, y) for logits in member_logits)
+
 
 # Floor of the mean probability before the log, so attacks never see log(0).
 LOG_PROBABILITY_FLOOR = 1e-12

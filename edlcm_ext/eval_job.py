@@ -25,6 +25,7 @@ from .evaluate import (attack_flags, correct_flags, craft, robust_summary, still
 from .report import write_report
 from .checkpoint import atomic_save, load_data_file
 from .curvature import curvature_diagnostics
+from .devices import resolve_device
 from .train import load_checkpoint
 
 # PDD's evaluation radii (pixel units of [0, 1] images); digits are coarse 8x8 images.
@@ -167,7 +168,7 @@ def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: tor
 
 def run_evaluation(settings: EvalSettings) -> tuple[dict[str, dict], list[str]]:
     """Evaluate every checkpoint; returns (results by name, written file paths)."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if settings.device == "auto" else settings.device)
+    device = resolve_device(settings.device)
     configs = [load_checkpoint(path)[1] for path in settings.checkpoints]
     results, transfer_examples = {}, {}
     os.makedirs(settings.out_dir, exist_ok=True)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from . import ops
 from .first_order import first_order_terms
+from .ensemble import ensemble_cross_entropy
 from .fused import fused_layers
 from .reference import REDUCTIONS, CurvatureTerms, input_gradient_differences, l_r_scale, terms_from_statistics
 
@@ -167,12 +168,12 @@ class HvpCurvatureLoss(nn.Module):
         self.calls += 1
         if weight == 0:
             zero = x.new_zeros(())
-            ece = ensemble_cross_entropy(models, x, y, check_logits) if need_ece else zero
+            ece = members_cross_entropy(models, x, y, check_logits) if need_ece else zero
             return CurvatureTerms(total=zero.requires_grad_(), ece=ece, l_r=zero, l_g=zero, applied=False)
         rows = math.ceil(self.batch_fraction * x.shape[0])
         if rows < x.shape[0]:
             chosen = torch.randperm(x.shape[0], device=x.device)[:rows]
-            ece = ensemble_cross_entropy(models, x, y, check_logits) if need_ece else None
+            ece = members_cross_entropy(models, x, y, check_logits) if need_ece else None
             terms = self._regularizer(models, x[chosen], y[chosen], check_logits=None, scale=scale)
             terms = terms._replace(ece=terms.ece if ece is None else ece)
         else:
@@ -215,15 +216,13 @@ class HvpCurvatureLoss(nn.Module):
             )
 
 
-def ensemble_cross_entropy(models: Sequence[nn.Module], x: Tensor, y: Tensor, check_logits=None) -> Tensor:
-    """L_ece = sum_m mean_b CE(f_m(x), y) (eq 2) from one forward pass per member."""
-    total = x.new_zeros(())
-    for model in models:
-        logits = model(x)
-        if check_logits is not None:
+def members_cross_entropy(models: Sequence[nn.Module], x: Tensor, y: Tensor, check_logits=None) -> Tensor:
+    """L_ece (eq 2) from one forward pass per member, each member's logits checked."""
+    member_logits = [model(x) for model in models]
+    if check_logits is not None:
+        for logits in member_logits:
             check_logits(logits)
-        total = total + F.cross_entropy(logits, y)
-    return total
+    return ensemble_cross_entropy(member_logits, y)
 
 
 def _check_values(condition: Tensor, message: str) -> None:

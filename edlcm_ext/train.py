@@ -25,6 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from .checkpoint import FORMAT_VERSION, atomic_save, read_checkpoint
+from .devices import resolve_device
 from .data import DatasetInfo, fixed_subset, load_dataset
 from .ensemble import Ensemble
 from .methods import build_method
@@ -87,15 +88,6 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
-def _device(config: TrainConfig, local_rank: int) -> torch.device:
-    name = config.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
 @torch.no_grad()
 def clean_accuracy(ensemble: Ensemble, loader: DataLoader, device: torch.device) -> float:
     ensemble.eval()
@@ -150,7 +142,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train (or resume) an ensemble, checkpointing every epoch in ``config.out_dir``."""
     rank, local_rank, world = _distributed()
     distributed = world > 1
-    device = _device(config, local_rank)
+    device = resolve_device(config.device, local_rank)
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     main_process = rank == 0

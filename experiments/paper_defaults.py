@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from edlcm_ext import HvpCurvatureLoss
 from edlcm_ext.data import CIFAR10_INFO, fixed_subset, load_dataset
-from edlcm_ext.methods.base import ensemble_cross_entropy
+from edlcm_ext.ensemble import ensemble_cross_entropy
 from edlcm_ext.models import build_model
 from edlcm_ext.models.layers import Normalize
 

@@ -8,11 +8,11 @@ touches parameters' .grad) and returns detached adversarial images in [0, 1] wit
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..registry import Registry
 
 
 class Attack:
@@ -63,24 +63,14 @@ def margin(output: Tensor, y: Tensor) -> Tensor:
     return true - output.scatter(1, y[:, None], float("-inf")).max(dim=1).values
 
 
-ATTACKS: dict[str, Callable[..., Attack]] = {}
+ATTACKS: Registry = Registry("attack")
+register = ATTACKS.register
 # Named groups for --attacks. "strong": the AutoAttack-style gradient attacks whose per-sample worst
 # case is the headline; "default": those plus the paper's weaker attacks, reported as extra rows.
 PRESETS = {"strong": ("apgd", "apgd-dlr", "square"), "default": ("fgsm", "bim", "pgd", "apgd", "apgd-dlr", "square")}
 # How tables name each attack at its defaults (the paper's PGD is short and weak: say so).
 LABELS = {"fgsm": "FGSM", "bim": "BIM-10", "pgd": "PGD-10 (paper's, weak)", "apgd": "APGD-CE", "apgd-dlr": "APGD-DLR",
           "square": "Square (black-box, on what the others left)"}
-
-
-def register(name: str):
-    def decorator(cls):
-        if name in ATTACKS:
-            raise ValueError(f"attack {name!r} is registered twice")
-        cls.name = name
-        ATTACKS[name] = cls
-        return cls
-
-    return decorator
 
 
 def expand_attack_names(names) -> list[str]:
@@ -96,9 +86,7 @@ def expand_attack_names(names) -> list[str]:
 
 
 def build_attack(name: str, model: nn.Module, eps: float, **options) -> Attack:
-    if name not in ATTACKS:
-        raise ValueError(f"attack must be one of {sorted(ATTACKS)}, got {name!r}")
-    return ATTACKS[name](model, eps, **options)
+    return ATTACKS.lookup(name)(model, eps, **options)
 
 
 from . import apgd, apgd_dlr, fgsm, pgd, square  # noqa: E402,F401  (registers the attacks)

@@ -8,11 +8,11 @@ It is built from its paper's defaults, which keyword overrides replace.
 from __future__ import annotations
 
 import inspect
-from typing import Callable
 
 from torch import Tensor
 
 from ..ensemble import Ensemble
+from ..registry import Registry
 
 
 class Method:
@@ -52,22 +52,12 @@ class Method:
             raise ValueError(f"method {self.name!r} keeps no state, got {sorted(state)}")
 
 
-METHODS: dict[str, Callable[..., Method]] = {}
-
-
-def register(name: str):
-    def decorator(cls):
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is registered twice")
-        METHODS[name] = cls
-        return cls
-
-    return decorator
+METHODS: Registry = Registry("method")
+register = METHODS.register
 
 
 def build_method(name: str, **overrides) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {name!r}")
+    METHODS.lookup(name)
     unknown = sorted(set(overrides) - set(METHODS[name].option_defaults()))
     if unknown:
         known = ", ".join(f"{k}={v!r}" for k, v in METHODS[name].option_defaults().items()) or "none"
@@ -75,4 +65,4 @@ def build_method(name: str, **overrides) -> Method:
     return METHODS[name](**overrides)
 
 
-from . import adp, base, edlcm, gradient_alignment, pdd  # noqa: E402,F401  (registers the methods)
+from . import adp, edlcm, gradient_alignment, pdd, plain  # noqa: E402,F401  (registers the methods)

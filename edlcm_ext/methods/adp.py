@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 
 from . import Method, register
-from .base import ensemble_cross_entropy
+from ..ensemble import ensemble_cross_entropy
 
 
 @register("adp")

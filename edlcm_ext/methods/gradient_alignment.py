@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..fused import fused_layers
 from . import Method, register
-from .base import ensemble_cross_entropy
+from ..ensemble import ensemble_cross_entropy
 
 
 def member_input_gradients(ensemble, x, y):
@@ -28,37 +28,48 @@ def pairwise_cosines(gradients):
     return torch.stack([F.cosine_similarity(a, b, dim=1) for a, b in itertools.combinations(gradients, 2)])
 
 
-@register("gal")
-class GAL(Method):
-    """GAL (Kariyappa & Qureshi 2019): L_ece + lambda * log sum_{i<j} exp(cos(grad_i, grad_j)),
-    per sample then averaged over the batch; lambda = 0.5. Needs >= 2 members."""
+class InputGradientDiversity(Method):
+    """L_ece + weight * penalty(cosines of the members' input gradients, per pair and sample)."""
 
-    name = "gal"
     min_members = 2
+    log_name = ""
 
-    def __init__(self, lam: float = 0.5) -> None:
-        self.lam = lam
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+
+    def penalty(self, cosines: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def loss(self, ensemble, x, y):
         member_logits, gradients = member_input_gradients(ensemble, x, y)
         ce = ensemble_cross_entropy(member_logits, y)
-        alignment = torch.logsumexp(pairwise_cosines(gradients), dim=0).mean()
-        return ce + self.lam * alignment, {"ce": ce, "gal": alignment}
+        penalty = self.penalty(pairwise_cosines(gradients))
+        return ce + self.weight * penalty, {"ce": ce, self.log_name: penalty}
+
+
+@register("gal")
+class GAL(InputGradientDiversity):
+    """GAL (Kariyappa & Qureshi 2019): L_ece + lambda * log sum_{i<j} exp(cos(grad_i, grad_j)),
+    per sample then averaged over the batch; lambda = 0.5."""
+
+    log_name = "gal"
+
+    def __init__(self, lam: float = 0.5) -> None:
+        super().__init__(lam)
+
+    def penalty(self, cosines):
+        return torch.logsumexp(cosines, dim=0).mean()
 
 
 @register("deg")
-class DEG(Method):
+class DEG(InputGradientDiversity):
     """DEG, dispersed ensemble gradients (Huang et al. 2021): L_ece + beta * sum_{i<j} mean_b
-    cos(grad_i, grad_j); beta = 0.01. Needs >= 2 members."""
+    cos(grad_i, grad_j); beta = 0.01."""
 
-    name = "deg"
-    min_members = 2
+    log_name = "cos"
 
     def __init__(self, beta: float = 0.01) -> None:
-        self.beta = beta
+        super().__init__(beta)
 
-    def loss(self, ensemble, x, y):
-        member_logits, gradients = member_input_gradients(ensemble, x, y)
-        ce = ensemble_cross_entropy(member_logits, y)
-        dispersion = pairwise_cosines(gradients).mean(dim=1).sum()
-        return ce + self.beta * dispersion, {"ce": ce, "cos": dispersion}
+    def penalty(self, cosines):
+        return cosines.mean(dim=1).sum()

@@ -2,7 +2,7 @@ import torch
 from torch import Tensor
 
 from . import Method, register
-from .base import ensemble_cross_entropy
+from ..ensemble import ensemble_cross_entropy
 
 
 def parallel_diversified_dropout_mask(features: list[Tensor], bins: int, keep_top: float, keep_other: float) -> list[Tensor]:

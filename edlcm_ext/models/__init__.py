@@ -3,25 +3,16 @@ so attacks and the regularizer work in pixel units."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from torch import nn
 
+from ..registry import Registry
 from .layers import Classifier, Normalize
 
-MODELS: dict[str, Callable[[int, int], Classifier]] = {}
-
-
-def register(name: str):
-    """Register ``builder(num_classes, in_channels) -> Classifier`` under ``name``."""
-
-    def decorator(builder):
-        if name in MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        MODELS[name] = builder
-        return builder
-
-    return decorator
+# name -> builder(num_classes, in_channels) -> Classifier
+MODELS: Registry = Registry("arch")
+register = MODELS.register
 
 
 def build_model(
@@ -32,11 +23,10 @@ def build_model(
     std: Optional[Sequence[float]] = None,
 ) -> Classifier:
     """A registered architecture; with mean/std its first layer normalizes [0, 1] inputs."""
-    if name not in MODELS:
-        raise ValueError(f"arch must be one of {sorted(MODELS)}, got {name!r}")
+    builder = MODELS.lookup(name)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    network = MODELS[name](num_classes, in_channels)
+    network = builder(num_classes, in_channels)
     if mean is not None or std is not None:
         network.body = nn.Sequential(Normalize(mean, std), network.body)
     return network

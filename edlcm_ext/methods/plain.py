@@ -1,11 +1,7 @@
-import torch.nn.functional as F
+"""Base: the plain ensemble, trained on the ensemble cross-entropy alone."""
 
+from ..ensemble import ensemble_cross_entropy
 from . import Method, register
-
-
-def ensemble_cross_entropy(member_logits, y):
-    """L_ece = sum_m CE(f_m(x), y), each a batch mean (paper eq 2)."""
-    return sum(F.cross_entropy(logits, y) for logits in member_logits)
 
 
 @register("base")
