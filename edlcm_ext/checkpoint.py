@@ -17,6 +17,10 @@ from typing import Any
 
 import torch
 
+from .config import TrainConfig
+from .data import DatasetInfo
+from .ensemble import Ensemble, build_ensemble
+
 # 2: method_options record the L_r convention ("reduction") and the method's state is saved.
 # 3: method_options record every knob of the regularizer's strength (alpha, beta, h, reduction,
 #    max_ratio); the convention once called "sum" is named "per_sample".
@@ -86,3 +90,13 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
         config["method_options"] = options
     checkpoint["format"] = FORMAT_VERSION
     return checkpoint
+
+
+def load_checkpoint(path: str, device: str = "cpu") -> tuple[Ensemble, TrainConfig, DatasetInfo, dict]:
+    """(ensemble in eval mode, its TrainConfig, DatasetInfo, the raw checkpoint) from a trainer checkpoint."""
+    checkpoint = read_checkpoint(path, device)
+    config = TrainConfig(**checkpoint["config"])
+    info = DatasetInfo(**checkpoint["info"])
+    ensemble = build_ensemble(config, info).to(device)
+    ensemble.load_state_dict(checkpoint["ensemble"])
+    return ensemble.eval(), config, info, checkpoint

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .attacks import ATTACKS, LABELS, PRESETS, expand_attack_names
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load_checkpoint
 from .data import DATASETS, load_dataset
 from .devices import resolve_device
 from .eval_job import DEFAULT_EPS, EvalSettings, run_evaluation
@@ -23,7 +23,8 @@ from .evaluate import robust_accuracy
 from .methods import METHODS, build_method
 from .report import markdown_table
 from .models import MODELS
-from .train import NonFiniteLossError, TrainConfig, load_checkpoint, train
+from .config import TrainConfig
+from .train import NonFiniteLossError, train
 
 DEMO_METHODS = ("base", "edlcm")
 DEMO_EPOCHS = 15

@@ -23,10 +23,9 @@ from .data import fixed_subset, load_dataset
 from .evaluate import (attack_flags, correct_flags, craft, robust_summary, still_correct, summarize, transfer_matrix,
                        transferability_success_rate, white_box_flags)
 from .report import write_report
-from .checkpoint import atomic_save, load_data_file
+from .checkpoint import atomic_save, load_checkpoint, load_data_file
 from .curvature import curvature_diagnostics
 from .devices import resolve_device
-from .train import load_checkpoint
 
 # PDD's evaluation radii (pixel units of [0, 1] images); digits are coarse 8x8 images.
 DEFAULT_EPS = {"cifar10": (0.005, 0.01), "imagefolder": (0.005, 0.01), "cifar100": (0.01, 0.02),

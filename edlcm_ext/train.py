@@ -15,8 +15,7 @@ import dataclasses
 import json
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -25,62 +24,18 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from .checkpoint import FORMAT_VERSION, atomic_save, read_checkpoint
+from .config import TrainConfig
+from .data import fixed_subset, load_dataset
 from .devices import resolve_device
-from .data import DatasetInfo, fixed_subset, load_dataset
-from .ensemble import Ensemble
+from .ensemble import Ensemble, build_ensemble
 from .methods import build_method
-from .models import build_model
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 
 
-@dataclass
-class TrainConfig:
-    method: str = "edlcm"
-    arch: str = "small_cnn"
-    members: int = 3
-    dataset: str = "digits"
-    data_dir: Optional[str] = None
-    download: bool = False
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    min_lr: float = 1e-4
-    seed: int = 0
-    train_subset: int = 0  # train on a fixed random subset of N images (0: all), for fixed CPU budgets
-    out_dir: str = "runs/edlcm"
-    device: str = "auto"
-    workers: int = 0
-    # Members and batches in channels_last (NHWC): the faster layout for convolutions on CPU (oneDNN)
-    # and on GPU tensor cores; the same training up to float rounding, the checkpoint is layout-free.
-    channels_last: bool = False
-    method_options: dict[str, Any] = field(default_factory=dict)
-    progress: bool = True
-    # Steps between reads of the step logs and the non-finite check (each read is a host sync on a
-    # GPU); a non-finite loss is still reported with its exact step, and the checkpoint written at
-    # the end of an epoch never holds weights updated after it.
-    log_every: int = 20
-
-
 class NonFiniteLossError(RuntimeError):
     """Training hit a NaN/Inf loss; the last good checkpoint is kept."""
-
-
-def build_ensemble(config: TrainConfig, info: DatasetInfo) -> Ensemble:
-    return Ensemble([build_model(config.arch, info.num_classes, info.in_channels, info.mean, info.std) for _ in range(config.members)])
-
-
-def load_checkpoint(path: str, device: str = "cpu") -> tuple[Ensemble, TrainConfig, DatasetInfo, dict]:
-    """(ensemble in eval mode, its TrainConfig, DatasetInfo, the raw checkpoint) from a trainer checkpoint."""
-    checkpoint = read_checkpoint(path, device)
-    config = TrainConfig(**checkpoint["config"])
-    info = DatasetInfo(**checkpoint["info"])
-    ensemble = build_ensemble(config, info).to(device)
-    ensemble.load_state_dict(checkpoint["ensemble"])
-    return ensemble.eval(), config, info, checkpoint
 
 
 def _distributed() -> tuple[int, int, int]:

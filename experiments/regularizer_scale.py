@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from edlcm_ext import HvpCurvatureLoss
 from edlcm_ext.data import CIFAR10_INFO, load_dataset
 from edlcm_ext.models import build_model
-from edlcm_ext.train import load_checkpoint
+from edlcm_ext.checkpoint import load_checkpoint
 
 
 def term_gradient_norms(models: Sequence[nn.Module], x: Tensor, y: Tensor, regularizer: HvpCurvatureLoss) -> dict:

@@ -12,7 +12,8 @@ from edlcm_ext.attacks.apgd_dlr import dlr_loss
 from edlcm_ext.attacks.square import square_fraction
 from edlcm_ext.data import load_dataset
 from edlcm_ext.evaluate import robust_accuracy
-from edlcm_ext.train import TrainConfig, train
+from edlcm_ext.config import TrainConfig
+from edlcm_ext.train import train
 
 EPS = 0.1
 # torchattacks is a test dependency (pip install .[test]); the GPU machines' image lacks it.

@@ -6,11 +6,13 @@ import os
 import pytest
 import torch
 
-from edlcm_ext.checkpoint import CheckpointError, atomic_save, load_data_file, read_checkpoint
+from edlcm_ext.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_data_file, read_checkpoint
 from edlcm_ext.cli import main as cli_main
 from edlcm_ext.data import DIGITS_INFO
 from edlcm_ext.loss import DEFAULT_H, DEFAULT_MAX_RATIO
-from edlcm_ext.train import TrainConfig, build_ensemble, load_checkpoint, train
+from edlcm_ext.config import TrainConfig
+from edlcm_ext.ensemble import build_ensemble
+from edlcm_ext.train import train
 
 
 class CreatesFileWhenUnpickled:

@@ -19,7 +19,8 @@ from edlcm_ext.cli import main as cli_main
 from edlcm_ext.curvature import curvature_diagnostics, largest_hessian_eigenvalue
 from edlcm_ext.data import load_dataset
 from edlcm_ext.evaluate import attack_flags, transfer_matrix, transferability_success_rate
-from edlcm_ext.train import TrainConfig, train
+from edlcm_ext.config import TrainConfig
+from edlcm_ext.train import train
 
 
 @pytest.fixture(scope="module")

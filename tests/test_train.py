@@ -18,7 +18,9 @@ from edlcm_ext.data import load_dataset
 from edlcm_ext.methods import METHODS, build_method
 from edlcm_ext.models import MODELS
 from edlcm_ext.models.layers import Classifier
-from edlcm_ext.train import NonFiniteLossError, TrainConfig, atomic_save, load_checkpoint, train
+from edlcm_ext.checkpoint import atomic_save, load_checkpoint
+from edlcm_ext.config import TrainConfig
+from edlcm_ext.train import NonFiniteLossError, train
 
 
 def config(tmp_path, **overrides):
