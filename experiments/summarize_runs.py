@@ -66,6 +66,9 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
         else:
             cells.append(f"{100 * result['clean']:.1f}")
             for e in eps_values:
+                if e not in result["worst"]:
+                    cells.append("-")
+                    continue
                 worst = 100 * result["worst"][e]["all"]
                 gain = f" ({worst - base_worst[e]:+.1f})" if e in base_worst and run["config"]["method"] != baseline else ""
                 cells.append(f"{worst:.1f}{gain}")
