@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .reference import curvature_statistics, input_gradient_differences
+from . import ops
+from .regularizer import input_gradient_differences
 
 PerSampleLoss = Callable[[Tensor], Tensor]  # x (B, ...) -> per-sample losses (B,), samples independent
 
@@ -55,7 +56,7 @@ def curvature_diagnostics(members: Sequence[nn.Module], loader: DataLoader, devi
             seen += len(y)
             with torch.enable_grad():
                 u, _ = input_gradient_differences(members, x, y, h)
-                sq_norms, pair_cosines = curvature_statistics(u.detach())
+                sq_norms, pair_cosines = ops.curvature_stats(u.detach(), 1e-8)
                 norms.append(sq_norms.sqrt().mean(dim=0))
                 if len(members) > 1:
                     cosines.append(pair_cosines.mean(dim=0))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
-from .reference import CurvatureTerms, sign_direction, terms_from_statistics
+from .regularizer import CurvatureTerms, sign_direction, terms_from_statistics
 
 
 def _input_and_parameter_gradients(model: nn.Module, z: Tensor, y: Tensor, params: list[Tensor]):
@@ -79,8 +79,8 @@ def first_order_terms(
     check_logits=None, scale: float = 1.0, max_ratio: Optional[float] = None,
 ) -> CurvatureTerms:
     """CurvatureTerms whose ``total`` back-propagates the finite-difference gradient (``step``: the L2
-    length, in input units per sample, of the difference step; ``scale``: reference.l_r_scale;
-    ``max_ratio``: the cap of reference.capped_alpha)."""
+    length, in input units per sample, of the difference step; ``scale``: regularizer.l_r_scale;
+    ``max_ratio``: the cap of regularizer.capped_alpha)."""
     member_params = [[p for p in m.parameters() if p.requires_grad] for m in models]
     state = _State(list(models), y, step * x.shape[0] ** 0.5, member_params)
     differences, ece, grads_at = [], x.new_zeros(()), []

@@ -15,7 +15,7 @@ from . import ops
 from .first_order import first_order_terms
 from .ensemble import ensemble_cross_entropy
 from .fused import fused_layers
-from .reference import REDUCTIONS, CurvatureTerms, input_gradient_differences, l_r_scale, terms_from_statistics
+from .regularizer import REDUCTIONS, CurvatureTerms, input_gradient_differences, l_r_scale, terms_from_statistics
 
 # Default finite-difference step (eq 8), an L2 distance in pixel units of [0, 1] images. g is the
 # unit-norm sign vector, so x + h g is a corner of the L-inf ball of radius h / sqrt(D): on 32x32x3
@@ -85,7 +85,7 @@ class HvpCurvatureLoss(nn.Module):
     in ``state_dict()``, so it survives a checkpoint. Under ``torch.no_grad()`` (a validation loop) the
     terms are computed on the whole batch at full weight, detached, and the schedule does not move.
     Members are any modules mapping x (B, ...) to logits (B, classes); their train/eval mode is left
-    as it is. The other conventions are in :mod:`edlcm_ext.reference`.
+    as it is. The conventions are in :mod:`edlcm_ext.regularizer`.
     """
 
     def __init__(

@@ -1,129 +1,51 @@
-"""The EDLCM regularizer in plain PyTorch: the ground truth for every test and bench/'s baseline.
-
-Conventions (paper eqs 2, 8-10):
-- l_m(z) is member m's cross-entropy *summed* over the batch, so grad_x l_m is the per-sample input
-  gradient and does not shrink with the batch size; u, g and the cosines are built from it.
-- The scale of L_r is a choice the paper leaves open (``reduction``):
-  "per_sample" (the default): eq 9 per sample, averaged over the batch, as CURE does:
-  L_r = sum_m mean_b |u_{m,b}|^2. It does not depend on the batch size.
-  "mean": eq 9 read with the batch-mean CE of nn.CrossEntropyLoss(), whose input gradient is the
-  per-sample one divided by B, and the norm taken over the whole batch:
-  L_r = sum_m sum_b |u_{m,b} / B|^2 = sum_m mean_b |u_{m,b}|^2 / B, B times smaller.
-  Conversion: alpha under "per_sample" = alpha under "mean" / B gives the same loss and gradients
-  (B: the batch size the loss is called with). L_g is the same in both.
-- g_m = sign(grad_x l_m(x)) / |sign(grad_x l_m(x))|_2 per sample, a constant (detached); a sample
-  whose gradient is exactly zero gets g = 0 (and so u = 0).
-- u_m = grad_x l_m(x + h g_m) - grad_x l_m(x): eq 8 without the 1/h, which eq 9 absorbs into alpha.
-- L_g = sum_{i<j} mean_b cos(u_{i,b}, u_{j,b}) (eq 10).
-- L_ece = sum_m mean_b CE(f_m(x), y) (eq 2), from the same forward pass at x.
-Both input gradients are built with create_graph=True, so backward through L_r / L_g gives the exact
-parameter gradient (double backprop). Members keep their train/eval mode; each of the two forward
-passes per member updates BatchNorm running statistics like any training-mode forward.
+"""EDLCM's regularizer in plain PyTorch, written from the paper apart from the production code: the
+baseline that bench/ times the fused path against, and a twin the tests compare with (next to
+closed forms and implementations written in the tests themselves). It shares no code with
+:mod:`edlcm_ext.regularizer`, so "simplifying" it cannot change what HvpCurvatureLoss computes.
+Conventions: those of :mod:`edlcm_ext.regularizer`'s docstring.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence
+import itertools
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-LogitsCheck = Optional[Callable[[Tensor], None]]
-REDUCTIONS = ("per_sample", "mean")
-
-
-def l_r_scale(reduction: str, batch_size: int) -> float:
-    """Factor from the "per_sample" convention's L_r to ``reduction``'s (see the module docstring)."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return 1.0 / batch_size if reduction == "mean" else 1.0
-
-
-class CurvatureTerms(NamedTuple):
-    """The parts of the EDLCM loss (eq 11): loss = ece + total, total = alpha*l_r + beta*l_g.
-
-    ``applied`` is False on the calls where an amortized HvpCurvatureLoss (every=k, warm-up) skips
-    the regularizer: total is then a zero and l_r, l_g are zeros that were not computed.
-    ``alpha_applied`` is the weight L_r got in ``total``: alpha, or less where ``max_ratio`` capped it.
-    """
-
-    total: Tensor
-    ece: Tensor
-    l_r: Tensor
-    l_g: Tensor
-    applied: bool = True
-    alpha_applied: Optional[Tensor] = None
-
-
-def input_gradient(model: nn.Module, x: Tensor, y: Tensor, check_logits: LogitsCheck = None) -> tuple[Tensor, Tensor]:
-    """(grad_x l(x), l(x)) for l = CE summed over the batch; x must require grad; the graph is kept."""
-    logits = model(x)
-    if check_logits is not None:
-        check_logits(logits)
-    loss = F.cross_entropy(logits, y, reduction="sum")
-    (grad_x,) = torch.autograd.grad(loss, x, create_graph=True)
-    return grad_x, loss
-
-
-def sign_direction(grad_x: Tensor) -> Tensor:
-    """g = sign(grad) / |sign(grad)|_2 per sample (the high-curvature direction of sec. III-B)."""
-    signs = grad_x.detach().sign()
-    # A nonzero sign vector has norm >= 1, so the clamp only keeps an all-zero gradient at g = 0.
-    norms = signs.flatten(1).norm(dim=1).clamp_min(1.0)
-    return signs / norms.view(-1, *([1] * (signs.dim() - 1)))
-
-
-def input_gradient_differences(
-    models: Sequence[nn.Module], x: Tensor, y: Tensor, h: float, check_logits: LogitsCheck = None
-) -> tuple[Tensor, Tensor]:
-    """u of shape (M, B, D) (eq 8 without 1/h) and L_ece (eq 2) from the same forward at x."""
-    x0 = x.detach().requires_grad_(True)
-    differences, ece = [], x0.new_zeros(())
-    for model in models:
-        grad_at_x, ce_sum = input_gradient(model, x0, y, check_logits)
-        x1 = (x0.detach() + h * sign_direction(grad_at_x)).requires_grad_(True)
-        grad_at_x1, _ = input_gradient(model, x1, y, check_logits)
-        differences.append((grad_at_x1 - grad_at_x).flatten(1))
-        ece = ece + ce_sum / x.shape[0]
-    return torch.stack(differences), ece
+from .regularizer import CurvatureTerms
 
 
 def curvature_statistics(u: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
-    """Plain-PyTorch twin of ops.curvature_stats: |u_m|^2 (M, B) and cos(u_i, u_j), i<j (P, B)."""
-    sq_norms = u.pow(2).sum(dim=2)
-    members = u.shape[0]
-    pairs = [F.cosine_similarity(u[i], u[j], dim=1, eps=eps) for i in range(members) for j in range(i + 1, members)]
-    cosines = torch.stack(pairs) if pairs else u.new_zeros((0, u.shape[1]))
-    return sq_norms, cosines
-
-
-def capped_alpha(alpha: float, l_r: Tensor, ece: Tensor, max_ratio: Optional[float]) -> Tensor:
-    """alpha, lowered on this batch where alpha * L_r would exceed max_ratio times the ensemble CE: a
-    detached factor (no gradient flows through the cap itself); None leaves alpha as it is."""
-    alpha = torch.as_tensor(alpha, dtype=l_r.dtype, device=l_r.device)
-    if max_ratio is None:
-        return alpha
-    bound = max_ratio * ece.detach() / l_r.detach().clamp_min(torch.finfo(l_r.dtype).tiny)
-    return torch.minimum(alpha, bound)
-
-
-def terms_from_statistics(
-    sq_norms: Tensor, cosines: Tensor, ece: Tensor, alpha: float, beta: float, scale: float = 1.0,
-    max_ratio: Optional[float] = None,
-) -> CurvatureTerms:
-    """Batch means and sums of eqs 9-10, combined as in eq 11; ``scale`` is :func:`l_r_scale`,
-    ``max_ratio`` the cap of :func:`capped_alpha`."""
-    l_r = sq_norms.mean(dim=1).sum() * scale
-    l_g = cosines.mean(dim=1).sum()
-    weight = capped_alpha(alpha, l_r, ece, max_ratio)
-    return CurvatureTerms(total=weight * l_r + beta * l_g, ece=ece, l_r=l_r, l_g=l_g, alpha_applied=weight)
+    """The twin of ops.curvature_stats: |u_m|^2 per sample (M, B) and cos(u_i, u_j) for i < j (P, B)."""
+    sq_norms = torch.stack([(member * member).sum(dim=1) for member in u])
+    pairs = [F.cosine_similarity(u[i], u[j], dim=1, eps=eps) for i, j in itertools.combinations(range(u.shape[0]), 2)]
+    return sq_norms, (torch.stack(pairs) if pairs else u.new_zeros((0, u.shape[1])))
 
 
 def edlcm_terms(
     models: Sequence[nn.Module], x: Tensor, y: Tensor, alpha: float, beta: float, h: float,
     reduction: str = "per_sample", max_ratio: Optional[float] = None,
 ) -> CurvatureTerms:
-    """The whole regularizer in plain PyTorch, with no input validation."""
-    u, ece = input_gradient_differences(models, x, y, h)
-    return terms_from_statistics(*curvature_statistics(u), ece, alpha, beta, l_r_scale(reduction, x.shape[0]), max_ratio)
+    """alpha * L_r + beta * L_g (eqs 8-11) and L_ece (eq 2), with no input validation and no fused layer."""
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    rows, ece = [], 0.0
+    for model in models:
+        here = x.detach().clone().requires_grad_(True)
+        logits = model(here)
+        ece = ece + F.cross_entropy(logits, y)
+        (slope,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), here, create_graph=True)
+        signs = torch.sign(slope.detach())
+        direction = signs / torch.linalg.vector_norm(signs.flatten(1), dim=1).clamp(min=1.0).reshape(shape)
+        there = (x.detach() + h * direction).requires_grad_(True)
+        (slope_there,) = torch.autograd.grad(F.cross_entropy(model(there), y, reduction="sum"), there, create_graph=True)
+        rows.append((slope_there - slope).flatten(1))
+    u = torch.stack(rows)
+    sq_norms, cosines = curvature_statistics(u)
+    l_r = sq_norms.mean(dim=1).sum() / (x.shape[0] if reduction == "mean" else 1)
+    l_g = cosines.mean(dim=1).sum()
+    weight = torch.tensor(alpha, dtype=l_r.dtype, device=l_r.device)
+    if max_ratio is not None:  # the cap: alpha lowered so that alpha * L_r <= max_ratio * CE, as a constant
+        weight = torch.clamp(weight, max=(max_ratio * ece / l_r).detach())
+    return CurvatureTerms(total=weight * l_r + beta * l_g, ece=ece, l_r=l_r, l_g=l_g, alpha_applied=weight)

@@ -14,7 +14,8 @@ from edlcm_ext import HvpCurvatureLoss, ops
 from edlcm_ext.fused import fused_layers
 from edlcm_ext.loss import DEFAULT_H, DEFAULT_MAX_RATIO
 from edlcm_ext.models import build_model
-from edlcm_ext.reference import edlcm_terms, input_gradient_differences, terms_from_statistics
+from edlcm_ext.reference import edlcm_terms
+from edlcm_ext.regularizer import input_gradient_differences, terms_from_statistics
 
 
 def assert_same_grads(ours, expected, rtol=1e-10):
