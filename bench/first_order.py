@@ -13,7 +13,7 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from step import record_markdown
+from records import record_markdown
 from torch import nn
 
 from edlcm_ext import HvpCurvatureLoss

@@ -16,7 +16,8 @@ import argparse
 from collections import defaultdict
 
 import torch
-from step import BASE_MODES, CONFIGS, record_markdown, warmed_step
+from harness import BASE_MODES, CONFIGS, warmed_step
+from records import record_markdown
 from torch.utils._python_dispatch import TorchDispatchMode
 
 MODES = ("plain", "reference", "fused", "first_order")

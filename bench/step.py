@@ -27,140 +27,18 @@ import ctypes
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
-from dataclasses import replace as dataclass_replace
+from dataclasses import asdict
 
 import torch
-import torch.nn.functional as F
 
-import edlcm_ext
 from edlcm_ext.devices import resolve_device
-from edlcm_ext.ensemble import Ensemble
-from edlcm_ext.methods import METHODS, build_method
-from edlcm_ext.models import build_model
-from edlcm_ext.reference import edlcm_terms
-
-@dataclass(frozen=True)
-class Mode:
-    loss: str  # plain | reference | fused | first_order | method
-    channels_last: bool = False
-    amp: bool = False
-    every: int = 1
-    batch_fraction: float = 1.0
-    method: str = ""  # with loss="method": a name from edlcm_ext.methods
-
-
-BASE_MODES = {"plain": Mode("plain"), "reference": Mode("reference"), "fused": Mode("fused"),
-              "every4": Mode("fused", every=4), "fraction25": Mode("fused", batch_fraction=0.25),
-              "first_order": Mode("first_order")}
-# Layout and precision variants a speed-minded user runs: the best plain one is the baseline.
-LAYOUT_MODES = ("plain", "reference", "fused", "every4", "fraction25")
-AMP_MODES = ("plain", "fused", "every4")
-# base and edlcm are plain and fused above.
-OTHER_METHODS = tuple(name for name in sorted(METHODS) if name not in ("base", "edlcm"))
-
-
-def mode_table(amp: bool, methods: bool = False) -> dict[str, Mode]:
-    modes = dict(BASE_MODES)
-    for name in LAYOUT_MODES:
-        modes[f"{name}_cl"] = dataclass_replace(BASE_MODES[name], channels_last=True)
-    if methods:
-        for name in OTHER_METHODS:
-            modes[f"{name}_cl"] = Mode("method", channels_last=True, method=name)
-    if amp:
-        for name in AMP_MODES:
-            modes[f"{name}_amp"] = dataclass_replace(BASE_MODES[name], amp=True)
-            modes[f"{name}_cl_amp"] = dataclass_replace(BASE_MODES[name], amp=True, channels_last=True)
-    return modes
-
-
-MODES = mode_table(amp=False)
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
-
-@dataclass(frozen=True)
-class Config:
-    name: str
-    arch: str
-    members: int
-    classes: int
-    batch: int
-    image: int = 32
-
-
-CONFIGS = {
-    "small_cnn": Config("small_cnn", "small_cnn", members=3, classes=10, batch=64),
-    "resnet18": Config("resnet18", "resnet18", members=3, classes=100, batch=64),
-    # Almost no arithmetic: a step's time is its host overhead (Python, dispatcher, autograd engine),
-    # which is what bounds the GPU step at batch 64 (bench/results/step_2026-11-26_cuda_*).
-    "overhead": Config("overhead", "small_cnn", members=3, classes=10, batch=2, image=16),
-}
-# --quick keeps both architectures but shrinks ResNet-18's batch to fit a minute on 2 CPU cores.
-QUICK_CONFIGS = {**CONFIGS, "resnet18": Config("resnet18-b8", "resnet18", members=3, classes=100, batch=8)}
-
-
-def memory_format(mode: Mode) -> torch.memory_format:
-    return torch.channels_last if mode.channels_last else torch.contiguous_format
-
-
-def make_ensemble(config: Config, device: torch.device, mode: Mode = BASE_MODES["plain"], seed: int = 0) -> list[torch.nn.Module]:
-    torch.manual_seed(seed)
-    return [build_model(config.arch, config.classes).to(device, memory_format=memory_format(mode)).train() for _ in range(config.members)]
-
-
-def make_batch(config: Config, device: torch.device, mode: Mode = BASE_MODES["plain"], seed: int = 1):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(config.batch, 3, config.image, config.image, generator=generator)
-    y = torch.randint(0, config.classes, (config.batch,), generator=generator)
-    return x.to(device, memory_format=memory_format(mode)), y.to(device)
-
-
-def make_step(mode: Mode, models: list[torch.nn.Module], foreach: bool | None = None):
-    """A closure running one training step of ``mode`` on (x, y); ``foreach`` as torch.optim.SGD's
-    (None: multi-tensor updates on CUDA, a loop over parameters on the CPU)."""
-    params = [p for m in models for p in m.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=5e-4, foreach=foreach)
-    regularizer = edlcm_ext.HvpCurvatureLoss(gradient="first_order" if mode.loss == "first_order" else "exact",
-                                            every=mode.every, batch_fraction=mode.batch_fraction)
-
-    method = build_method(mode.method) if mode.loss == "method" else None
-    ensemble = Ensemble(models)
-
-    def loss_of(x, y):
-        if method is not None:
-            return method.loss(ensemble, x, y)[0]
-        if mode.loss == "plain":
-            return sum(F.cross_entropy(m(x), y) for m in models)
-        if mode.loss == "reference":  # the same loss as the regularizer's, in plain PyTorch
-            r = regularizer
-            terms = edlcm_terms(models, x, y, r.alpha, r.beta, r.h, r.reduction, r.max_ratio)
-        else:
-            terms = regularizer.terms(models, x, y)
-        return terms.ece + terms.total
-
-    def step(x, y):
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=mode.amp):
-            loss = loss_of(x, y)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step
-
-
-def warmed_step(config: Config, device: torch.device, mode: Mode, foreach: bool | None = None):
-    """(step, x, y) of a fresh ensemble, after one step: libraries initialized, optimizer state allocated."""
-    x, y = make_batch(config, device, mode)
-    step = make_step(mode, make_ensemble(config, device, mode), foreach=foreach)
-    step(x, y)
-    return step, x, y
+from harness import CONFIGS, QUICK_CONFIGS, Config, Mode, make_batch, make_ensemble, make_step, memory_format, mode_table, warmed_step
+from records import machine_description, markdown_record, new_record_base
 
 
 def synchronize(device: torch.device) -> None:
@@ -246,31 +124,6 @@ def epoch_seconds(config: Config, device: torch.device, mode: Mode, images: int)
     return time.perf_counter() - start
 
 
-def machine_description(device: torch.device) -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                               cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-        commit += "-dirty" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {cpu}",
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "commit": commit,
-    }
-
-
 def run(args) -> dict:
     device = resolve_device(args.device)
     configs = QUICK_CONFIGS if args.quick else CONFIGS
@@ -312,18 +165,6 @@ def format_row(row: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def new_record_base(name: str) -> str:
-    """bench/results/<name>, or <name>_run2, _run3, ... when that is taken: a recorded run is never overwritten."""
-    base, run = os.path.join(RESULTS_DIR, name), 2
-    while any(os.path.exists(base + ext) for ext in (".json", ".md")):
-        base, run = os.path.join(RESULTS_DIR, f"{name}_run{run}"), run + 1
-    return base
-
-
-def markdown_record(title: str, machine: dict, body: str) -> str:
-    return f"# {title}\n\n" + "".join(f"- {key}: {value}\n" for key, value in machine.items()) + "\n" + body
-
-
 def record(report: dict) -> str:
     machine = report["machine"]
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
@@ -336,16 +177,6 @@ def record(report: dict) -> str:
         out.write(markdown_record(f"bench/step.py{' --quick' if report['quick'] else ''}", machine,
                                   "\n".join(format_row(row) for row in report["results"])))
     return base
-
-
-def record_markdown(script: str, name: str, report: str) -> str:
-    """Write ``report`` under bench/results/<name>_<date>_cpu.md with the machine description."""
-    machine = machine_description(torch.device("cpu"))
-    path = new_record_base(f"{name}_{machine['date'][:10]}_cpu") + ".md"
-    with open(path, "w") as out:
-        out.write(markdown_record(f"bench/{script}", machine, report))
-    print("recorded", path)
-    return path
 
 
 def main(argv=None) -> None:

@@ -5,7 +5,7 @@ Not part of the test suite (testpaths = tests): speed is measured here, never as
 
 import pytest
 import torch
-from step import CONFIGS, MODES, QUICK_CONFIGS, make_batch, make_ensemble, make_step
+from harness import CONFIGS, MODES, QUICK_CONFIGS, make_batch, make_ensemble, make_step
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
