@@ -24,13 +24,22 @@ def smooth_cnn(classes: int = 10) -> nn.Module:
     """small_cnn with Softplus and average pooling: no kinks for the finite difference to cross."""
     layers, channels = [], 3
     for width in (16, 32, 64):
-        layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.Softplus(), nn.AvgPool2d(2)]
+        layers += [
+            nn.Conv2d(channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.Softplus(),
+            nn.AvgPool2d(2),
+        ]
         channels = width
     return nn.Sequential(*layers[:-1], nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes))
 
 
 CASES = {
-    "small_cnn (ReLU, max-pool) float32": (lambda: build_model("small_cnn", 10), torch.float32, (1e-2, 1e-3, 1e-4, 1e-6)),
+    "small_cnn (ReLU, max-pool) float32": (
+        lambda: build_model("small_cnn", 10),
+        torch.float32,
+        (1e-2, 1e-3, 1e-4, 1e-6),
+    ),
     "smooth_cnn (Softplus, avg-pool) float32": (smooth_cnn, torch.float32, (3e-2, 1e-2, 1e-3)),
     "small_cnn (ReLU, max-pool) float64": (lambda: build_model("small_cnn", 10), torch.float64, (1e-4, 1e-6, 1e-8)),
 }
@@ -54,10 +63,15 @@ def main() -> None:
         exact = regularizer_gradient(models, x, y, HvpCurvatureLoss())
         for fd_step in steps:
             approx = regularizer_gradient(models, x, y, HvpCurvatureLoss(gradient="first_order", fd_step=fd_step))
-            lines.append(f"| {name} | {fd_step:g} | {F.cosine_similarity(exact, approx, dim=0).item():.4f} | "
-                         f"{(approx.norm() / exact.norm()).item():.3f} |")
+            lines.append(
+                f"| {name} | {fd_step:g} | {F.cosine_similarity(exact, approx, dim=0).item():.4f} | "
+                f"{(approx.norm() / exact.norm()).item():.3f} |"
+            )
             print(lines[-1], flush=True)
-    report = "\n".join(lines) + "\n\nGradient of the regularizer (alpha L_r + beta L_g), 3 members, batch 64, 32x32x3, train mode.\n"
+    report = (
+        "\n".join(lines)
+        + "\n\nGradient of the regularizer (alpha L_r + beta L_g), 3 members, batch 64, 32x32x3, train mode.\n"
+    )
     print(report)
     if args.record:
         record_markdown("first_order.py", "first_order", report)

@@ -16,6 +16,7 @@ from edlcm_ext.methods import METHODS, build_method
 from edlcm_ext.models import build_model
 from edlcm_ext.reference import edlcm_terms
 
+
 @dataclass(frozen=True)
 class Mode:
     loss: str  # plain | reference | fused | first_order | method
@@ -26,9 +27,14 @@ class Mode:
     method: str = ""  # with loss="method": a name from edlcm_ext.methods
 
 
-BASE_MODES = {"plain": Mode("plain"), "reference": Mode("reference"), "fused": Mode("fused"),
-              "every4": Mode("fused", every=4), "fraction25": Mode("fused", batch_fraction=0.25),
-              "first_order": Mode("first_order")}
+BASE_MODES = {
+    "plain": Mode("plain"),
+    "reference": Mode("reference"),
+    "fused": Mode("fused"),
+    "every4": Mode("fused", every=4),
+    "fraction25": Mode("fused", batch_fraction=0.25),
+    "first_order": Mode("first_order"),
+}
 # Layout and precision variants a speed-minded user runs: the best plain one is the baseline.
 LAYOUT_MODES = ("plain", "reference", "fused", "every4", "fraction25")
 AMP_MODES = ("plain", "fused", "every4")
@@ -78,9 +84,14 @@ def memory_format(mode: Mode) -> torch.memory_format:
     return torch.channels_last if mode.channels_last else torch.contiguous_format
 
 
-def make_ensemble(config: Config, device: torch.device, mode: Mode = BASE_MODES["plain"], seed: int = 0) -> list[torch.nn.Module]:
+def make_ensemble(
+    config: Config, device: torch.device, mode: Mode = BASE_MODES["plain"], seed: int = 0
+) -> list[torch.nn.Module]:
     torch.manual_seed(seed)
-    return [build_model(config.arch, config.classes).to(device, memory_format=memory_format(mode)).train() for _ in range(config.members)]
+    return [
+        build_model(config.arch, config.classes).to(device, memory_format=memory_format(mode)).train()
+        for _ in range(config.members)
+    ]
 
 
 def make_batch(config: Config, device: torch.device, mode: Mode = BASE_MODES["plain"], seed: int = 1):
@@ -95,8 +106,11 @@ def make_step(mode: Mode, models: list[torch.nn.Module], foreach: bool | None = 
     (None: multi-tensor updates on CUDA, a loop over parameters on the CPU)."""
     params = [p for m in models for p in m.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=5e-4, foreach=foreach)
-    regularizer = edlcm_ext.HvpCurvatureLoss(gradient="first_order" if mode.loss == "first_order" else "exact",
-                                            every=mode.every, batch_fraction=mode.batch_fraction)
+    regularizer = edlcm_ext.HvpCurvatureLoss(
+        gradient="first_order" if mode.loss == "first_order" else "exact",
+        every=mode.every,
+        batch_fraction=mode.batch_fraction,
+    )
 
     method = build_method(mode.method) if mode.loss == "method" else None
     ensemble = Ensemble(models)

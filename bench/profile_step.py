@@ -23,8 +23,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 MODES = ("plain", "reference", "fused", "first_order")
 COUNTED_MODES = ("plain", "reference", "fused", "every4", "fraction25", "first_order")
 
-KINDS = (("batch_norm", ("batchnorm", "batch_norm")), ("convolution", ("convolution", "conv2d", "mkldnn")),
-         ("max_pool", ("max_pool", "maxpool")), ("relu", ("relu", "threshold")), ("linear", ("addmm", "linear", "mm")))
+KINDS = (
+    ("batch_norm", ("batchnorm", "batch_norm")),
+    ("convolution", ("convolution", "conv2d", "mkldnn")),
+    ("max_pool", ("max_pool", "maxpool")),
+    ("relu", ("relu", "threshold")),
+    ("linear", ("addmm", "linear", "mm")),
+)
 ENGINE_PREFIX = "autograd::engine::evaluate_function: "
 
 
@@ -41,7 +46,7 @@ def profile(mode: str, config, steps: int) -> dict[str, float]:
     per_kind = defaultdict(float)
     for event in prof.events():
         if event.name.startswith(ENGINE_PREFIX):
-            per_kind[kind_of(event.name[len(ENGINE_PREFIX):])] += event.cpu_time_total
+            per_kind[kind_of(event.name[len(ENGINE_PREFIX) :])] += event.cpu_time_total
         elif event.cpu_parent is None and not event.name.startswith(("ProfilerStep", "<built-in", "Optimizer")):
             per_kind[kind_of(event.name)] += event.cpu_time_total
     return {kind: microseconds / 1000 / steps for kind, microseconds in per_kind.items()}
@@ -79,14 +84,24 @@ def main() -> None:
     config = CONFIGS[args.config]
     results = {mode: profile(mode, config, args.steps) for mode in MODES}
     kinds = [kind for kind, _ in KINDS] + ["other"]
-    lines = [f"ms per step by layer kind ({args.config}: {config.members}x {config.arch}, batch {config.batch}; "
-             "autograd nodes and top-level forward ops)", "", "| kind | " + " | ".join(MODES) + " |", "|---|" + "---|" * len(MODES)]
+    lines = [
+        f"ms per step by layer kind ({args.config}: {config.members}x {config.arch}, batch {config.batch}; "
+        "autograd nodes and top-level forward ops)",
+        "",
+        "| kind | " + " | ".join(MODES) + " |",
+        "|---|" + "---|" * len(MODES),
+    ]
     for kind in kinds + ["total"]:
         cells = [sum(results[m].values()) if kind == "total" else results[m].get(kind, 0.0) for m in MODES]
         lines.append(f"| {kind} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
     counts = {mode: operators_per_step(mode, config) for mode in COUNTED_MODES}
-    lines += ["", "operators dispatched to kernels per step (views excluded; every4: mean of 4 consecutive steps)", "",
-              "| mode | operators | x plain |", "|---|---|---|"]
+    lines += [
+        "",
+        "operators dispatched to kernels per step (views excluded; every4: mean of 4 consecutive steps)",
+        "",
+        "| mode | operators | x plain |",
+        "|---|---|---|",
+    ]
     lines += [f"| {mode} | {count:.0f} | {count / counts['plain']:.2f} |" for mode, count in counts.items()]
     report = "\n".join(lines) + "\n"
     print(report)

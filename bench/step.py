@@ -35,10 +35,21 @@ import time
 from dataclasses import asdict
 
 import torch
+from harness import (
+    CONFIGS,
+    QUICK_CONFIGS,
+    Config,
+    Mode,
+    make_batch,
+    make_ensemble,
+    make_step,
+    memory_format,
+    mode_table,
+    warmed_step,
+)
+from records import machine_description, markdown_record, new_record_base
 
 from edlcm_ext.devices import resolve_device
-from harness import CONFIGS, QUICK_CONFIGS, Config, Mode, make_batch, make_ensemble, make_step, memory_format, mode_table, warmed_step
-from records import machine_description, markdown_record, new_record_base
 
 
 def synchronize(device: torch.device) -> None:
@@ -46,7 +57,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(config: Config, device: torch.device, modes: dict[str, Mode], repeats: int, warmup: int) -> dict[str, float]:
+def time_steps(
+    config: Config, device: torch.device, modes: dict[str, Mode], repeats: int, warmup: int
+) -> dict[str, float]:
     """Median seconds per step of each mode, modes interleaved round-robin; a sample of an every=k
     mode times k consecutive steps (one regularized, k-1 not) and divides by k."""
     batches = {name: make_batch(config, device, mode) for name, mode in modes.items()}
@@ -78,7 +91,13 @@ def peak_memory_mib(config: Config, device: torch.device, name: str, mode: Mode)
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - baseline) / 2**20
     # CPU: torch has no allocator statistics, so measure the peak RSS of a fresh process.
-    command = [sys.executable, os.path.abspath(__file__), "--memory-probe", json.dumps(asdict(config)), json.dumps(asdict(mode))]
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--memory-probe",
+        json.dumps(asdict(config)),
+        json.dumps(asdict(mode)),
+    ]
     return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
 
@@ -136,15 +155,24 @@ def run(args) -> dict:
         config = configs[name]
         times = time_steps(config, device, modes, repeats, warmup)
         best_plain = min((name for name in times if modes[name].loss == "plain"), key=times.get)
-        row = {"config": asdict(config), "step_seconds": times, "best_plain": best_plain,
-               "over_best_plain": {name: t / times[best_plain] for name, t in times.items()},
-               "fused_vs_reference": {suffix or "contiguous": times["reference" + suffix] / times["fused" + suffix]
-                                      for suffix in ("", "_cl") if "reference" + suffix in times and "fused" + suffix in times}}
+        row = {
+            "config": asdict(config),
+            "step_seconds": times,
+            "best_plain": best_plain,
+            "over_best_plain": {name: t / times[best_plain] for name, t in times.items()},
+            "fused_vs_reference": {
+                suffix or "contiguous": times["reference" + suffix] / times["fused" + suffix]
+                for suffix in ("", "_cl")
+                if "reference" + suffix in times and "fused" + suffix in times
+            },
+        }
         if not args.no_memory:
             row["peak_mib"] = {name: peak_memory_mib(config, device, name, mode) for name, mode in modes.items()}
         if args.epoch_images:
             row["epoch_images"] = args.epoch_images
-            row["epoch_seconds"] = {name: epoch_seconds(config, device, mode, args.epoch_images) for name, mode in modes.items()}
+            row["epoch_seconds"] = {
+                name: epoch_seconds(config, device, mode, args.epoch_images) for name, mode in modes.items()
+            }
         report["results"].append(row)
         print(format_row(row), flush=True)
     return report
@@ -152,16 +180,21 @@ def run(args) -> dict:
 
 def format_row(row: dict) -> str:
     c, t = row["config"], row["step_seconds"]
-    lines = [f"{c['name']}: {c['members']}x {c['arch']}, batch {c['batch']}, {c['image']}x{c['image']}x3, {c['classes']} classes",
-             f"| mode | step (s) | x best plain ({row['best_plain']}) |" + (" peak (MiB) |" if "peak_mib" in row else "")
-             + (f" epoch of {row['epoch_images']} images (s) |" if "epoch_seconds" in row else ""),
-             "|---|---|---|" + ("---|" if "peak_mib" in row else "") + ("---|" if "epoch_seconds" in row else "")]
+    lines = [
+        f"{c['name']}: {c['members']}x {c['arch']}, batch {c['batch']}, {c['image']}x{c['image']}x3, {c['classes']} classes",
+        f"| mode | step (s) | x best plain ({row['best_plain']}) |"
+        + (" peak (MiB) |" if "peak_mib" in row else "")
+        + (f" epoch of {row['epoch_images']} images (s) |" if "epoch_seconds" in row else ""),
+        "|---|---|---|" + ("---|" if "peak_mib" in row else "") + ("---|" if "epoch_seconds" in row else ""),
+    ]
     for mode in t:
         line = f"| {mode} | {t[mode]:.4f} | {row['over_best_plain'][mode]:.2f} |"
         line += f" {row['peak_mib'][mode]:.0f} |" if "peak_mib" in row else ""
         line += f" {row['epoch_seconds'][mode]:.2f} |" if "epoch_seconds" in row else ""
         lines.append(line)
-    lines += [f"fused vs reference ({layout}): {ratio:.2f}x faster" for layout, ratio in row["fused_vs_reference"].items()]
+    lines += [
+        f"fused vs reference ({layout}): {ratio:.2f}x faster" for layout, ratio in row["fused_vs_reference"].items()
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -174,14 +207,21 @@ def record(report: dict) -> str:
     with open(base + ".json", "w") as out:
         json.dump(report, out, indent=2)
     with open(base + ".md", "w") as out:
-        out.write(markdown_record(f"bench/step.py{' --quick' if report['quick'] else ''}", machine,
-                                  "\n".join(format_row(row) for row in report["results"])))
+        out.write(
+            markdown_record(
+                f"bench/step.py{' --quick' if report['quick'] else ''}",
+                machine,
+                "\n".join(format_row(row) for row in report["results"]),
+            )
+        )
     return base
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small repeats and ResNet-18 at batch 8: < 1 min on 2 CPU cores")
+    parser.add_argument(
+        "--quick", action="store_true", help="small repeats and ResNet-18 at batch 8: < 1 min on 2 CPU cores"
+    )
     parser.add_argument("--configs", default="small_cnn,resnet18", help=f"comma-separated, of {sorted(CONFIGS)}")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per mode (ignored with --quick)")

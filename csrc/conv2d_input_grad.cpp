@@ -8,8 +8,8 @@
 //   d/d grad_y = conv2d(grad_grad_x, weight)
 //   d/d weight = weight gradient of conv2d at input grad_grad_x for output gradient grad_y,
 // which edlcm_ext/ops.py issues directly. PyTorch's generic double backward of convolution
-// (_convolution_double_backward) computes the same products with more overhead: on CPU here, 3.6x
-// slower on small_cnn's first layer (3 -> 16 channels), 1.0-1.9x on the deeper ones (both layouts).
+// (_convolution_double_backward) computes the same products with more overhead, worst on layers with
+// few input channels (the measurements: docs/fused.md and bench/results/).
 //
 // The kernel is device-generic on purpose: the arithmetic is ATen's convolution (oneDNN on CPU,
 // cuDNN on CUDA); what is ours is which products run. Hence one CompositeExplicitAutograd kernel

@@ -9,8 +9,6 @@ it, and :func:`edlcm_ext.fused.convert_to_fused` swaps the modules. The forward 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -43,16 +41,20 @@ class _FusedBatchNormFunction(torch.autograd.Function):
             grad_input,
             grad_weight if weight is not None else None,
             grad_bias if ctx.has_bias else None,
-            None, None, None, None, None,
+            None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
 def batch_norm(
     input: Tensor,
-    running_mean: Optional[Tensor],
-    running_var: Optional[Tensor],
-    weight: Optional[Tensor] = None,
-    bias: Optional[Tensor] = None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,

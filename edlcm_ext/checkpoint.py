@@ -80,7 +80,9 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     checkpoint = load_data_file(path, map_location)
     if not isinstance(checkpoint, dict) or not all(key in checkpoint for key in REQUIRED_KEYS):
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise CheckpointError(f"{path}: not an edlcm-ext trainer checkpoint (expected keys {list(REQUIRED_KEYS)}, found {found})")
+        raise CheckpointError(
+            f"{path}: not an edlcm-ext trainer checkpoint (expected keys {list(REQUIRED_KEYS)}, found {found})"
+        )
     if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["info"], dict):
         raise CheckpointError(f"{path}: not an edlcm-ext trainer checkpoint (config and info must be dicts)")
     version, config = checkpoint.get("format", 1), checkpoint["config"]

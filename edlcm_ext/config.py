@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 
 @dataclass
@@ -12,7 +12,7 @@ class TrainConfig:
     arch: str = "small_cnn"
     members: int = 3
     dataset: str = "digits"
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     download: bool = False
     epochs: int = 10
     batch_size: int = 64

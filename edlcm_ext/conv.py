@@ -8,8 +8,6 @@ backward needs (csrc/conv2d.cpp and csrc/conv2d_input_grad.cpp say which, and wh
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,10 +19,10 @@ from . import ops
 def conv2d(
     input: Tensor,
     weight: Tensor,
-    bias: Optional[Tensor] = None,
-    stride: Union[int, tuple[int, int]] = 1,
-    padding: Union[int, tuple[int, int], str] = 0,
-    dilation: Union[int, tuple[int, int]] = 1,
+    bias: Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
     groups: int = 1,
 ) -> Tensor:
     """``F.conv2d`` through the edlcm_ext::conv2d op; forms it does not take run on F.conv2d itself."""

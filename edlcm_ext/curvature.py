@@ -9,7 +9,7 @@ Per test sample, at the trained weights and in eval mode:
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +40,14 @@ def largest_hessian_eigenvalue(loss_fn: PerSampleLoss, x: Tensor, iterations: in
     return eigenvalue.detach()
 
 
-def curvature_diagnostics(members: Sequence[nn.Module], loader: DataLoader, device: torch.device, h: float = 0.1,
-                          iterations: int = 20, max_samples: int = 200) -> dict:
+def curvature_diagnostics(
+    members: Sequence[nn.Module],
+    loader: DataLoader,
+    device: torch.device,
+    h: float = 0.1,
+    iterations: int = 20,
+    max_samples: int = 200,
+) -> dict:
     """Means and medians over the first ``max_samples`` samples of ``loader``: |u|, cos(u_i, u_j),
     lambda_max (members' train/eval mode is restored afterwards; evaluated in eval mode)."""
     modes = [m.training for m in members]
@@ -60,9 +66,16 @@ def curvature_diagnostics(members: Sequence[nn.Module], loader: DataLoader, devi
                 norms.append(sq_norms.sqrt().mean(dim=0))
                 if len(members) > 1:
                     cosines.append(pair_cosines.mean(dim=0))
-                eigenvalues.append(torch.stack([
-                    largest_hessian_eigenvalue(lambda z, m=m: F.cross_entropy(m(z), y, reduction="none"), x, iterations)
-                    for m in members]).mean(dim=0))
+                eigenvalues.append(
+                    torch.stack(
+                        [
+                            largest_hessian_eigenvalue(
+                                lambda z, m=m, y=y: F.cross_entropy(m(z), y, reduction="none"), x, iterations
+                            )
+                            for m in members
+                        ]
+                    ).mean(dim=0)
+                )
     finally:
         for m, mode in zip(members, modes):
             m.train(mode)
@@ -73,5 +86,11 @@ def curvature_diagnostics(members: Sequence[nn.Module], loader: DataLoader, devi
         flat = torch.cat(values).double().cpu()
         return {"mean": flat.mean().item(), "median": flat.median().item()}
 
-    return {"samples": seen, "h": h, "power_iterations": iterations, "u_norm": summary(norms),
-            "u_cosine": summary(cosines), "lambda_max": summary(eigenvalues)}
+    return {
+        "samples": seen,
+        "h": h,
+        "power_iterations": iterations,
+        "u_norm": summary(norms),
+        "u_cosine": summary(cosines),
+        "lambda_max": summary(eigenvalues),
+    }

@@ -9,8 +9,8 @@ the model (see edlcm_ext.models), so attacks work in pixel units. Nothing is dow
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
@@ -23,8 +23,8 @@ class DatasetInfo:
     num_classes: int
     in_channels: int
     image_size: int
-    mean: Optional[tuple[float, ...]] = None
-    std: Optional[tuple[float, ...]] = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     augment: bool = True  # random crop (pad 4) + horizontal flip for natural images
 
 
@@ -57,7 +57,7 @@ class LocalCIFAR100(datasets.CIFAR100):
 class TinyImageNetValidation(Dataset):
     """Tiny-ImageNet's val split: ``val/images/*.JPEG`` labelled by ``val/val_annotations.txt``."""
 
-    def __init__(self, root: str, class_to_idx: dict[str, int], transform: Optional[Callable] = None) -> None:
+    def __init__(self, root: str, class_to_idx: dict[str, int], transform: Callable | None = None) -> None:
         annotations = os.path.join(root, "val", "val_annotations.txt")
         if not os.path.isfile(annotations):
             raise FileNotFoundError(f"Tiny-ImageNet validation labels not found: {annotations}")
@@ -112,7 +112,7 @@ def _folder_split(root: str, train: bool) -> str:
     raise FileNotFoundError(f"no {' or '.join(names)} folder under {root}")
 
 
-def load_dataset(name: str, data_dir: Optional[str], train: bool, download: bool = False) -> tuple[Dataset, DatasetInfo]:
+def load_dataset(name: str, data_dir: str | None, train: bool, download: bool = False) -> tuple[Dataset, DatasetInfo]:
     """(dataset of (image in [0, 1], label), its DatasetInfo) for one split."""
     if name not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
@@ -126,10 +126,14 @@ def load_dataset(name: str, data_dir: Optional[str], train: bool, download: bool
     if download:
         raise ValueError(f"dataset {name!r} cannot be downloaded; point --data-dir at a local copy")
     if name == "tinyimagenet":
-        train_set = datasets.ImageFolder(os.path.join(data_dir, "train"), transform=image_transform(TINY_IMAGENET_INFO, train))
+        train_set = datasets.ImageFolder(
+            os.path.join(data_dir, "train"), transform=image_transform(TINY_IMAGENET_INFO, train)
+        )
         if train:
             return train_set, TINY_IMAGENET_INFO
-        return TinyImageNetValidation(data_dir, train_set.class_to_idx, image_transform(TINY_IMAGENET_INFO, False)), TINY_IMAGENET_INFO
+        return TinyImageNetValidation(
+            data_dir, train_set.class_to_idx, image_transform(TINY_IMAGENET_INFO, False)
+        ), TINY_IMAGENET_INFO
     # Any ImageFolder tree with train/ and test/ (or val/) splits, e.g. the CIFAR-10 JPEG copy.
     probe = datasets.ImageFolder(_folder_split(data_dir, train))
     width, height = default_loader(probe.samples[0][0]).size

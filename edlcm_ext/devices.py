@@ -6,7 +6,7 @@ import torch
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """"auto": the GPU if one is visible, else the CPU; a bare "cuda" is this process's GPU under
+    """ "auto": the GPU if one is visible, else the CPU; a bare "cuda" is this process's GPU under
     torchrun (its LOCAL_RANK). ValueError names what is wrong with a name this machine cannot serve."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

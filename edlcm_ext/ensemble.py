@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,7 @@ from .models import build_model
 if TYPE_CHECKING:
     from .config import TrainConfig
     from .data import DatasetInfo
+
 
 def ensemble_cross_entropy(member_logits: Sequence[Tensor], y: Tensor) -> Tensor:
     """L_ece = sum_m CE(f_m(x), y), each a batch mean (paper eq 2)."""
@@ -45,6 +47,11 @@ class Ensemble(nn.Module):
         return self(x).argmax(dim=1)
 
 
-def build_ensemble(config: "TrainConfig", info: "DatasetInfo") -> Ensemble:
+def build_ensemble(config: TrainConfig, info: DatasetInfo) -> Ensemble:
     """config.members freshly initialized members of config.arch for the dataset described by info."""
-    return Ensemble([build_model(config.arch, info.num_classes, info.in_channels, info.mean, info.std) for _ in range(config.members)])
+    return Ensemble(
+        [
+            build_model(config.arch, info.num_classes, info.in_channels, info.mean, info.std)
+            for _ in range(config.members)
+        ]
+    )

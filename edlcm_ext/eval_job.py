@@ -11,42 +11,56 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 from torch.utils.data import DataLoader
 
 from . import sanity
 from .attacks import PRESETS
-from .data import fixed_subset, load_dataset
-from .evaluate import (attack_flags, correct_flags, craft, robust_summary, still_correct, summarize, transfer_matrix,
-                       transferability_success_rate, white_box_flags)
-from .report import write_report
 from .checkpoint import atomic_save, load_checkpoint, load_data_file
 from .curvature import curvature_diagnostics
+from .data import fixed_subset, load_dataset
 from .devices import resolve_device
+from .evaluate import (
+    attack_flags,
+    correct_flags,
+    craft,
+    robust_summary,
+    still_correct,
+    summarize,
+    transfer_matrix,
+    transferability_success_rate,
+    white_box_flags,
+)
+from .report import write_report
 
 # PDD's evaluation radii (pixel units of [0, 1] images); digits are coarse 8x8 images.
-DEFAULT_EPS = {"cifar10": (0.005, 0.01), "imagefolder": (0.005, 0.01), "cifar100": (0.01, 0.02),
-               "tinyimagenet": (0.01, 0.02), "digits": (0.05, 0.1)}
+DEFAULT_EPS = {
+    "cifar10": (0.005, 0.01),
+    "imagefolder": (0.005, 0.01),
+    "cifar100": (0.01, 0.02),
+    "tinyimagenet": (0.01, 0.02),
+    "digits": (0.05, 0.1),
+}
 
 
 @dataclass
 class EvalSettings:
     checkpoints: list[str]
-    names: Optional[list[str]] = None
+    names: list[str] | None = None
     attacks: list[str] = field(default_factory=lambda: list(PRESETS["default"]))
-    eps: Optional[list[float]] = None  # default: DEFAULT_EPS of the checkpoint's dataset
+    eps: list[float] | None = None  # default: DEFAULT_EPS of the checkpoint's dataset
     tsr_eps: list[float] = field(default_factory=list)
     surrogates: list[str] = field(default_factory=list)
-    black_box_attacks: Optional[list[str]] = None  # crafted on each surrogate; default: attacks
+    black_box_attacks: list[str] | None = None  # crafted on each surrogate; default: attacks
     large_eps: float = 0.3
     max_samples: int = 0
     batch_size: int = 256
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     out_dir: str = "runs/eval"
-    cache_dir: Optional[str] = None  # per-sample results for resuming; default out_dir/flags
+    cache_dir: str | None = None  # per-sample results for resuming; default out_dir/flags
     device: str = "auto"
     apgd_iterations: int = 100
     pgd_restarts: int = 1
@@ -98,7 +112,9 @@ def checkpoint_fingerprint(path: str, *details) -> str:
     return hashlib.sha1(json.dumps([content, *details]).encode()).hexdigest()[:10]
 
 
-def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: torch.device, transfer_examples: dict) -> dict:
+def evaluate_one(
+    name: str, checkpoint: str, settings: EvalSettings, device: torch.device, transfer_examples: dict
+) -> dict:
     """One checkpoint's results. ``transfer_examples`` keeps black-box examples crafted on each
     surrogate, so every checkpoint is attacked with the same ones and they are crafted once."""
     ensemble, config, info, _ = load_checkpoint(checkpoint, str(device))
@@ -107,23 +123,48 @@ def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: tor
     test_set = fixed_subset(test_set, settings.max_samples)
     loader = DataLoader(test_set, batch_size=settings.batch_size)
     eps_values = list(settings.eps or DEFAULT_EPS[config.dataset])
-    options = {"apgd": {"iterations": settings.apgd_iterations}, "apgd-dlr": {"iterations": settings.apgd_iterations},
-               "pgd": {"restarts": settings.pgd_restarts}, "square": {"queries": settings.square_queries}}
+    options = {
+        "apgd": {"iterations": settings.apgd_iterations},
+        "apgd-dlr": {"iterations": settings.apgd_iterations},
+        "pgd": {"restarts": settings.pgd_restarts},
+        "square": {"queries": settings.square_queries},
+    }
     # Everything a cached result depends on: the model file, the test images (which folder, which
     # fixed subset) and the attacks' budgets; the attack and eps are in each key below.
     test_images = [config.dataset, os.path.basename(os.path.normpath(data_dir)) if data_dir else None, len(test_set)]
     fingerprint = checkpoint_fingerprint(checkpoint, test_images, options)
-    cache = FlagCache(os.path.join(settings.cache_dir or os.path.join(settings.out_dir, "flags"), f"{name}-{fingerprint}"))
+    cache = FlagCache(
+        os.path.join(settings.cache_dir or os.path.join(settings.out_dir, "flags"), f"{name}-{fingerprint}")
+    )
     progress = settings.progress
 
     clean = cache.get("clean", lambda: correct_flags(ensemble, loader, device))
-    flags = {(a, e): f for e in eps_values for a, f in white_box_flags(
-        ensemble, loader, clean, settings.attacks, e, device, options, progress, cached=cache.get).items()}
-    result = {"checkpoint": checkpoint, "dataset": config.dataset, **robust_summary(clean, flags, settings.attacks, eps_values)}
+    flags = {
+        (a, e): f
+        for e in eps_values
+        for a, f in white_box_flags(
+            ensemble, loader, clean, settings.attacks, e, device, options, progress, cached=cache.get
+        ).items()
+    }
+    result = {
+        "checkpoint": checkpoint,
+        "dataset": config.dataset,
+        **robust_summary(clean, flags, settings.attacks, eps_values),
+    }
     warnings_found = sanity.check_white_box(result)
     if settings.large_eps:
-        large = cache.get(f"sanity_pgd50_{settings.large_eps:g}", lambda: attack_flags(
-            ensemble, loader, "pgd", settings.large_eps, device, options={"steps": 50, "step_size": settings.large_eps / 20}, progress=progress))
+        large = cache.get(
+            f"sanity_pgd50_{settings.large_eps:g}",
+            lambda: attack_flags(
+                ensemble,
+                loader,
+                "pgd",
+                settings.large_eps,
+                device,
+                options={"steps": 50, "step_size": settings.large_eps / 20},
+                progress=progress,
+            ),
+        )
         result["large_eps"] = {"eps": settings.large_eps, "attack": "pgd-50", **summarize(clean, large)}
         warnings_found += sanity.check_large_eps(result["large_eps"]["all"], settings.large_eps)
     warnings_found += sanity.check_zero_gradients(sanity.zero_gradient_fraction(ensemble, loader, device))
@@ -139,17 +180,24 @@ def evaluate_one(name: str, checkpoint: str, settings: EvalSettings, device: tor
             for a in settings.black_box_attacks or settings.attacks:
                 result["black_box"][label][a] = {}
                 for e in eps_values:
-                    def compute(a=a, e=e):
+
+                    def compute(a=a, e=e, surrogate=surrogate, surrogate_path=surrogate_path):
                         key = (surrogate_path, a, e, config.dataset, len(clean))
                         if key not in transfer_examples:
                             transfer_examples[key] = craft(surrogate, loader, a, e, device, options.get(a), progress)
                         return still_correct(ensemble, transfer_examples[key])
-                    result["black_box"][label][a][e] = summarize(clean, cache.get(f"black_{surrogate_fingerprint}_{a}_{e:g}", compute))
+
+                    result["black_box"][label][a][e] = summarize(
+                        clean, cache.get(f"black_{surrogate_fingerprint}_{a}_{e:g}", compute)
+                    )
         warnings_found += sanity.check_black_box(result["worst"], result["black_box"])
     if settings.tsr_eps:
         result["tsr"] = {}
         for eps in settings.tsr_eps:
-            matrix = cache.get(f"transfer_pgd_{eps:g}", lambda eps=eps: transfer_matrix(list(ensemble.members), loader, eps, device, progress=progress))
+            matrix = cache.get(
+                f"transfer_pgd_{eps:g}",
+                lambda eps=eps: transfer_matrix(list(ensemble.members), loader, eps, device, progress=progress),
+            )
             result["tsr"][eps] = {"matrix": matrix.tolist(), "tsr": transferability_success_rate(matrix)}
     if settings.curvature:
         path = os.path.join(cache.folder, f"curvature_{settings.curvature}.json")

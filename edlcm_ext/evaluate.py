@@ -8,7 +8,7 @@ evaluation can be stopped and resumed one (attack, eps) at a time.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -28,8 +28,15 @@ def correct_flags(model: nn.Module, loader: DataLoader, device: torch.device) ->
 Crafted = list[tuple[Tensor, Tensor]]  # (adversarial images, labels) per batch
 
 
-def craft(source: nn.Module, loader: DataLoader, attack: str, eps: float, device: torch.device,
-          options: Optional[dict] = None, progress: bool = True) -> Crafted:
+def craft(
+    source: nn.Module,
+    loader: DataLoader,
+    attack: str,
+    eps: float,
+    device: torch.device,
+    options: dict | None = None,
+    progress: bool = True,
+) -> Crafted:
     """Adversarial examples crafted on ``source`` for every batch of ``loader``."""
     crafted = []
     for x, y in tqdm(loader, desc=f"{attack} eps={eps:g}", disable=not progress, leave=False):
@@ -45,8 +52,15 @@ def still_correct(target: nn.Module, crafted: Crafted) -> Tensor:
     return torch.cat([(target(x_adv).argmax(1) == y).cpu() for x_adv, y in crafted])
 
 
-def attack_flags(model: nn.Module, loader: DataLoader, attack: str, eps: float, device: torch.device,
-                 options: Optional[dict] = None, progress: bool = True) -> Tensor:
+def attack_flags(
+    model: nn.Module,
+    loader: DataLoader,
+    attack: str,
+    eps: float,
+    device: torch.device,
+    options: dict | None = None,
+    progress: bool = True,
+) -> Tensor:
     """Per-sample bool: the model resists the white-box attack."""
     return still_correct(model, craft(model, loader, attack, eps, device, options, progress))
 
@@ -58,13 +72,20 @@ ON_SURVIVORS = ("square",)
 
 
 def white_box_flags(
-    model: nn.Module, loader: DataLoader, clean: Tensor, attacks: Sequence[str], eps: float, device: torch.device,
-    attack_options: Optional[dict[str, dict]] = None, progress: bool = True,
+    model: nn.Module,
+    loader: DataLoader,
+    clean: Tensor,
+    attacks: Sequence[str],
+    eps: float,
+    device: torch.device,
+    attack_options: dict[str, dict] | None = None,
+    progress: bool = True,
     cached: Callable[[str, Callable[[], Tensor]], Tensor] = lambda key, compute: compute(),
 ) -> dict[str, Tensor]:
     """{attack: per-sample robust flags} at one eps; ``cached(key, compute)`` may keep results on disk."""
     attack_options, flags, robust = attack_options or {}, {}, clean.clone()
     for attack in attacks:
+
         def compute(attack=attack, robust=robust):
             if attack not in ON_SURVIVORS:
                 return attack_flags(model, loader, attack, eps, device, attack_options.get(attack), progress)
@@ -72,21 +93,31 @@ def white_box_flags(
             flags = torch.zeros_like(robust)
             if survivors:
                 subset = DataLoader(Subset(loader.dataset, survivors), batch_size=loader.batch_size)
-                flags[survivors] = attack_flags(model, subset, attack, eps, device, attack_options.get(attack), progress)
+                flags[survivors] = attack_flags(
+                    model, subset, attack, eps, device, attack_options.get(attack), progress
+                )
             return flags
+
         key = f"white_{attack}_{eps:g}" + ("_survivors" if attack in ON_SURVIVORS else "")
         flags[attack] = cached(key, compute)
         robust = robust & flags[attack]
     return flags
 
 
-def robust_summary(clean: Tensor, flags: dict[tuple[str, float], Tensor], attacks: Sequence[str], eps_values: Sequence[float]) -> dict:
+def robust_summary(
+    clean: Tensor, flags: dict[tuple[str, float], Tensor], attacks: Sequence[str], eps_values: Sequence[float]
+) -> dict:
     """The accuracies of per-sample flags: clean, per attack and eps, and the per-sample worst case."""
+
     def worst(chosen):
         return {e: summarize(clean, torch.stack([flags[(a, e)] for a in chosen]).all(0)) for e in eps_values}
 
-    summary = {"samples": len(clean), "clean": clean.float().mean().item(),
-               "attacks": {a: {e: summarize(clean, flags[(a, e)]) for e in eps_values} for a in attacks}, "worst": worst(attacks)}
+    summary = {
+        "samples": len(clean),
+        "clean": clean.float().mean().item(),
+        "attacks": {a: {e: summarize(clean, flags[(a, e)]) for e in eps_values} for a in attacks},
+        "worst": worst(attacks),
+    }
     before_survivor_attacks = [a for a in attacks if a not in ON_SURVIVORS]
     if before_survivor_attacks and len(before_survivor_attacks) < len(attacks):  # what Square adds is a masking signal
         summary["worst_gradient"] = worst(before_survivor_attacks)
@@ -95,7 +126,10 @@ def robust_summary(clean: Tensor, flags: dict[tuple[str, float], Tensor], attack
 
 def summarize(clean: Tensor, robust: Tensor) -> dict:
     """Accuracy over every sample ("all") and over the clean-correct ones (PDD's convention)."""
-    return {"all": robust.float().mean().item(), "clean_correct": robust[clean].float().mean().item() if clean.any() else 0.0}
+    return {
+        "all": robust.float().mean().item(),
+        "clean_correct": robust[clean].float().mean().item() if clean.any() else 0.0,
+    }
 
 
 def robust_accuracy(
@@ -104,20 +138,28 @@ def robust_accuracy(
     attacks: Sequence[str],
     eps_values: Iterable[float],
     device: torch.device,
-    attack_options: Optional[dict[str, dict]] = None,
+    attack_options: dict[str, dict] | None = None,
     progress: bool = True,
 ) -> dict:
     """{"samples", "clean", "attacks": {attack: {eps: {"all", "clean_correct"}}}, "worst": {eps: {...}}}."""
     eps_values = list(eps_values)
     clean = correct_flags(model, loader, device)
-    flags = {(a, e): f for e in eps_values
-             for a, f in white_box_flags(model, loader, clean, attacks, e, device, attack_options, progress).items()}
+    flags = {
+        (a, e): f
+        for e in eps_values
+        for a, f in white_box_flags(model, loader, clean, attacks, e, device, attack_options, progress).items()
+    }
     return robust_summary(clean, flags, attacks, eps_values)
 
 
 def transfer_matrix(
-    members: Sequence[nn.Module], loader: DataLoader, eps: float, device: torch.device, attack: str = "pgd",
-    options: Optional[dict] = None, progress: bool = True,
+    members: Sequence[nn.Module],
+    loader: DataLoader,
+    eps: float,
+    device: torch.device,
+    attack: str = "pgd",
+    options: dict | None = None,
+    progress: bool = True,
 ) -> Tensor:
     """(M, M) matrix: entry (i, j) is member j's accuracy on examples crafted on member i alone."""
     rows = []

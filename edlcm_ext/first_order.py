@@ -8,14 +8,14 @@ parameter gradients:
     d/dtheta <v, grad_z l(z)> = (grad_theta l(z + r v/|v|) - grad_theta l(z)) |v| / r + O(r).
 
 So the step needs only first-order passes (PyTorch's own BatchNorm kernels, cuDNN, AMP,
-channels_last, torch.compile all apply). Beyond the paper and approximate: see README for its
+channels_last, torch.compile all apply). Beyond the paper and approximate: see docs/fused.md for its
 measured agreement with the exact gradient. The finite-difference passes run on scratch copies of
 the buffers, so only the two passes at x and x + h g update them, as in the exact mode.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +75,17 @@ class _State:
 
 
 def first_order_terms(
-    models: Sequence[nn.Module], x: Tensor, y: Tensor, alpha: float, beta: float, h: float, eps: float, step: float,
-    check_logits=None, scale: float = 1.0, max_ratio: Optional[float] = None,
+    models: Sequence[nn.Module],
+    x: Tensor,
+    y: Tensor,
+    alpha: float,
+    beta: float,
+    h: float,
+    eps: float,
+    step: float,
+    check_logits=None,
+    scale: float = 1.0,
+    max_ratio: float | None = None,
 ) -> CurvatureTerms:
     """CurvatureTerms whose ``total`` back-propagates the finite-difference gradient (``step``: the L2
     length, in input units per sample, of the difference step; ``scale``: regularizer.l_r_scale;
@@ -107,5 +116,9 @@ def first_order_terms(
         v_member = v[member].view(shape)
         # u = grad(x1) - grad(x0): +v at x1, -v at x0
         state.points.append([(points[0][0], points[0][1], v_member), (points[1][0], points[1][1], -v_member)])
-    total = _FiniteDifferenceGradient.apply(terms.total.detach(), state, *[p for params in member_params for p in params])
-    return CurvatureTerms(total=total, ece=ece, l_r=terms.l_r.detach(), l_g=terms.l_g.detach(), alpha_applied=terms.alpha_applied)
+    total = _FiniteDifferenceGradient.apply(
+        terms.total.detach(), state, *[p for params in member_params for p in params]
+    )
+    return CurvatureTerms(
+        total=total, ece=ece, l_r=terms.l_r.detach(), l_g=terms.l_g.detach(), alpha_applied=terms.alpha_applied
+    )

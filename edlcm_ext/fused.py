@@ -13,7 +13,7 @@ values and gradients as PyTorch's layers, less time.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch.nn.functional as F
 from torch import nn
@@ -71,9 +71,13 @@ class FusedMaxPool2d(_FusedMixin, nn.MaxPool2d):
     """nn.MaxPool2d whose double backward is one gather in the tensors' layout."""
 
 
-_FUSED_CLASSES = {nn.BatchNorm1d: FusedBatchNorm1d, nn.BatchNorm2d: FusedBatchNorm2d,
-                  nn.BatchNorm3d: FusedBatchNorm3d, nn.Conv2d: FusedConv2d,
-                  nn.MaxPool2d: FusedMaxPool2d}
+_FUSED_CLASSES = {
+    nn.BatchNorm1d: FusedBatchNorm1d,
+    nn.BatchNorm2d: FusedBatchNorm2d,
+    nn.BatchNorm3d: FusedBatchNorm3d,
+    nn.Conv2d: FusedConv2d,
+    nn.MaxPool2d: FusedMaxPool2d,
+}
 
 
 def convert_to_fused(model: nn.Module) -> nn.Module:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
-from .first_order import first_order_terms
 from .ensemble import ensemble_cross_entropy
+from .first_order import first_order_terms
 from .fused import fused_layers
 from .regularizer import REDUCTIONS, CurvatureTerms, input_gradient_differences, l_r_scale, terms_from_statistics
 
@@ -71,13 +70,13 @@ class HvpCurvatureLoss(nn.Module):
             same gradients, less time.
         gradient: "exact" (double backprop, the paper's) or "first_order": a finite-difference
             parameter gradient with no double backward (:mod:`edlcm_ext.first_order`; approximate,
-            not the default: see README for its agreement with the exact gradient).
+            not the default: docs/fused.md gives its agreement with the exact gradient).
         fd_step: with gradient="first_order", the per-sample L2 step of the finite difference.
         check_inputs: check x for NaN/Inf and y's label range. On CPU these raise a ValueError; on
             other devices they are asynchronous device asserts (no host sync per call).
         autocast_regularizer: under ``torch.autocast``, run the regularizer's passes in the autocast
             dtype too. Off by default: u is a small difference of two input gradients, which bf16
-            cannot resolve (3x small_cnn on CPU: L_r off by 23%, L_g by 75% against float32), so the
+            cannot resolve (L_r and L_g off by tens of percent against float32: docs/loss.md), so the
             regularizer's passes run in float32 while the caller's other work (and the CE-only calls
             of every=k) keeps autocast.
 
@@ -95,7 +94,7 @@ class HvpCurvatureLoss(nn.Module):
         h: float = DEFAULT_H,
         eps: float = 1e-8,
         reduction: str = "per_sample",
-        max_ratio: Optional[float] = DEFAULT_MAX_RATIO,
+        max_ratio: float | None = DEFAULT_MAX_RATIO,
         every: int = 1,
         batch_fraction: float = 1.0,
         alpha_warmup: int = 0,
@@ -113,7 +112,9 @@ class HvpCurvatureLoss(nn.Module):
             raise ValueError(f"gradient must be 'exact' or 'first_order', got {gradient!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        for name, value in (("h", h), ("eps", eps), ("fd_step", fd_step)) + ((("max_ratio", max_ratio),) if max_ratio is not None else ()):
+        for name, value in (("h", h), ("eps", eps), ("fd_step", fd_step)) + (
+            (("max_ratio", max_ratio),) if max_ratio is not None else ()
+        ):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -123,8 +124,18 @@ class HvpCurvatureLoss(nn.Module):
         if not (isinstance(batch_fraction, (int, float)) and 0 < batch_fraction <= 1):
             raise ValueError(f"batch_fraction must be in (0, 1], got {batch_fraction!r}")
         self.alpha, self.beta, self.h, self.eps = float(alpha), float(beta), float(h), float(eps)
-        self.reduction, self.every, self.batch_fraction, self.alpha_warmup = reduction, every, float(batch_fraction), alpha_warmup
-        self.fused_layers, self.gradient, self.fd_step, self.check_inputs = fused_layers, gradient, float(fd_step), check_inputs
+        self.reduction, self.every, self.batch_fraction, self.alpha_warmup = (
+            reduction,
+            every,
+            float(batch_fraction),
+            alpha_warmup,
+        )
+        self.fused_layers, self.gradient, self.fd_step, self.check_inputs = (
+            fused_layers,
+            gradient,
+            float(fd_step),
+            check_inputs,
+        )
         self.autocast_regularizer = autocast_regularizer
         self.max_ratio = None if max_ratio is None else float(max_ratio)
         self.calls = 0  # training calls so far: the clock of `every` and `alpha_warmup`
@@ -132,9 +143,11 @@ class HvpCurvatureLoss(nn.Module):
         self._warned = False
 
     def extra_repr(self) -> str:
-        return (f"alpha={self.alpha}, beta={self.beta}, h={self.h}, eps={self.eps}, reduction={self.reduction!r}, max_ratio={self.max_ratio}, "
-                f"every={self.every}, batch_fraction={self.batch_fraction}, alpha_warmup={self.alpha_warmup}, "
-                f"fused_layers={self.fused_layers}, gradient={self.gradient!r}")
+        return (
+            f"alpha={self.alpha}, beta={self.beta}, h={self.h}, eps={self.eps}, reduction={self.reduction!r}, max_ratio={self.max_ratio}, "
+            f"every={self.every}, batch_fraction={self.batch_fraction}, alpha_warmup={self.alpha_warmup}, "
+            f"fused_layers={self.fused_layers}, gradient={self.gradient!r}"
+        )
 
     def get_extra_state(self) -> dict:
         return {"calls": self.calls, "regularized_calls": self._regularized_calls, "warned": self._warned}
@@ -182,13 +195,16 @@ class HvpCurvatureLoss(nn.Module):
         return terms._replace(total=terms.total * weight) if weight != 1 else terms
 
     def _regularizer(self, models, x, y, check_logits, scale: float) -> CurvatureTerms:
-        with torch.autocast(x.device.type, enabled=False) if not self.autocast_regularizer else contextlib.nullcontext():
+        with (
+            torch.autocast(x.device.type, enabled=False) if not self.autocast_regularizer else contextlib.nullcontext()
+        ):
             return self._regularizer_passes(models, x, y, check_logits, scale)
 
     def _regularizer_passes(self, models, x, y, check_logits, scale: float) -> CurvatureTerms:
         if self.gradient == "first_order":
-            return first_order_terms(models, x, y, self.alpha, self.beta, self.h, self.eps, self.fd_step, check_logits, scale,
-                                     self.max_ratio)
+            return first_order_terms(
+                models, x, y, self.alpha, self.beta, self.h, self.eps, self.fd_step, check_logits, scale, self.max_ratio
+            )
         with fused_layers(self.fused_layers):
             u, ece = input_gradient_differences(models, x, y, self.h, check_logits)
         sq_norms, cosines = ops.curvature_stats(u, self.eps)
@@ -242,13 +258,19 @@ def validate_inputs(models: Sequence[nn.Module], x: Tensor, y: Tensor, beta: flo
     if not models or not all(isinstance(m, nn.Module) for m in models):
         raise TypeError("models must be a non-empty sequence of nn.Module")
     if beta != 0 and len(models) < 2:
-        raise ValueError(f"models: L_g (beta={beta}) needs at least 2 members, got {len(models)}; set beta=0 for one model")
+        raise ValueError(
+            f"models: L_g (beta={beta}) needs at least 2 members, got {len(models)}; set beta=0 for one model"
+        )
     if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+        raise TypeError(
+            f"x must be a floating-point tensor, got {x.dtype if isinstance(x, Tensor) else type(x).__name__}"
+        )
     if x.dim() < 2 or x.shape[0] == 0:
         raise ValueError(f"x must have shape (B, ...) with B >= 1, got {tuple(x.shape)}")
     if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"y must be an integer tensor of class labels, got {y.dtype if isinstance(y, Tensor) else type(y).__name__}")
+        raise TypeError(
+            f"y must be an integer tensor of class labels, got {y.dtype if isinstance(y, Tensor) else type(y).__name__}"
+        )
     if y.shape != (x.shape[0],):
         raise ValueError(
             f"x and y disagree on the batch: x has shape {tuple(x.shape)} (batch size {x.shape[0]}) but y has shape "
@@ -266,10 +288,14 @@ def validate_inputs(models: Sequence[nn.Module], x: Tensor, y: Tensor, beta: flo
 
     def check_logits(logits: Tensor) -> None:
         if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-            raise ValueError(f"each model must return logits of shape (B={x.shape[0]}, classes), got {tuple(logits.shape)}")
+            raise ValueError(
+                f"each model must return logits of shape (B={x.shape[0]}, classes), got {tuple(logits.shape)}"
+            )
         classes = logits.shape[1]
         if check_values and classes not in checked and y.device.type != "meta":
             checked.append(classes)
-            _check_values(((y >= 0) & (y < classes)).all(), f"y: labels must lie in [0, {classes}) for {classes} classes")
+            _check_values(
+                ((y >= 0) & (y < classes)).all(), f"y: labels must lie in [0, {classes}) for {classes} classes"
+            )
 
     return check_logits

@@ -4,14 +4,21 @@ Every op's schema is declared once in C++ (csrc/<op>.cpp); this module is the on
 that knows about it.
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["curvature_stats", "batch_norm_backward", "conv2d", "conv2d_input_grad", "conv2d_weight_grad",
-           "max_pool2d", "max_pool2d_gather"]
+__all__ = [
+    "curvature_stats",
+    "batch_norm_backward",
+    "conv2d",
+    "conv2d_input_grad",
+    "conv2d_weight_grad",
+    "max_pool2d",
+    "max_pool2d_gather",
+]
 
 
 def curvature_stats(u: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
@@ -22,7 +29,10 @@ def curvature_stats(u: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
 @torch.library.register_fake("edlcm_ext::curvature_stats")
 def _curvature_stats_fake(u: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     torch._check(u.dim() == 3, lambda: f"curvature_stats: u must have shape (M, B, D), got {tuple(u.shape)}")
-    torch._check(u.dtype in (torch.float32, torch.float64), lambda: f"curvature_stats: u must be float32 or float64, got {u.dtype}")
+    torch._check(
+        u.dtype in (torch.float32, torch.float64),
+        lambda: f"curvature_stats: u must be float32 or float64, got {u.dtype}",
+    )
     members, batch = u.shape[0], u.shape[1]
     return u.new_empty((members, batch)), u.new_empty((members * (members - 1) // 2, batch))
 
@@ -69,16 +79,21 @@ torch.library.register_autograd(
 
 
 def batch_norm_backward(
-    grad_out: Tensor, input: Tensor, weight: Optional[Tensor], mean: Tensor, invstd: Tensor, training: bool
+    grad_out: Tensor, input: Tensor, weight: Tensor | None, mean: Tensor, invstd: Tensor, training: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_input, grad_weight, grad_bias) of BatchNorm; differentiable once more (fused double backward)."""
     return torch.ops.edlcm_ext.batch_norm_backward.default(grad_out, input, weight, mean, invstd, training)
 
 
 def _check_batch_norm_shapes(grad_out, input, mean, invstd):
-    torch._check(input.dim() >= 2, lambda: f"batch_norm_backward: input must have shape (N, C, ...), got {tuple(input.shape)}")
+    torch._check(
+        input.dim() >= 2, lambda: f"batch_norm_backward: input must have shape (N, C, ...), got {tuple(input.shape)}"
+    )
     torch._check(grad_out.shape == input.shape, lambda: "batch_norm_backward: grad_out must have input's shape")
-    torch._check(mean.shape == (input.shape[1],) and invstd.shape == mean.shape, lambda: "batch_norm_backward: mean and invstd must have shape (C,)")
+    torch._check(
+        mean.shape == (input.shape[1],) and invstd.shape == mean.shape,
+        lambda: "batch_norm_backward: mean and invstd must have shape (C,)",
+    )
 
 
 def _empty_in_layout(shape, like: Tensor, layout_of: Tensor) -> Tensor:
@@ -95,7 +110,9 @@ def _batch_norm_backward_fake(grad_out, input, weight, mean, invstd, training):
 
 
 @torch.library.register_fake("edlcm_ext::_batch_norm_backward_backward")
-def _batch_norm_backward_backward_fake(grad_grad_input, grad_grad_weight, grad_grad_bias, grad_out, input, weight, mean, invstd, training):
+def _batch_norm_backward_backward_fake(
+    grad_grad_input, grad_grad_weight, grad_grad_bias, grad_out, input, weight, mean, invstd, training
+):
     _check_batch_norm_shapes(grad_out, input, mean, invstd)
     full = _empty_in_layout(input.shape, input, input)
     return full, torch.empty_like(full), input.new_empty(input.shape[1])
@@ -126,8 +143,13 @@ torch.library.register_autograd(
 
 
 def conv2d(
-    input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
-    dilation: Sequence[int], groups: int,
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
 ) -> Tensor:
     """``F.conv2d`` (4-d input, numeric padding) whose backward computes only what the pass needs (csrc/conv2d.cpp)."""
     return torch.ops.edlcm_ext.conv2d.default(input, weight, bias, list(stride), list(padding), list(dilation), groups)
@@ -141,8 +163,13 @@ def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
 
 
 def conv2d_input_grad(
-    grad_out: Tensor, weight: Tensor, input_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
-    dilation: Sequence[int], groups: int,
+    grad_out: Tensor,
+    weight: Tensor,
+    input_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
 ) -> Tensor:
     """Input gradient of ``F.conv2d`` for ``grad_out``; its backward runs only the products double backward needs."""
     return torch.ops.edlcm_ext.conv2d_input_grad.default(
@@ -152,9 +179,16 @@ def conv2d_input_grad(
 
 @torch.library.register_fake("edlcm_ext::conv2d_input_grad")
 def _conv2d_input_grad_fake(grad_out, weight, input_size, stride, padding, dilation, groups):
-    torch._check(grad_out.dim() == 4 and weight.dim() == 4, lambda: "conv2d_input_grad: grad_out and weight must be 4-d")
-    torch._check(len(input_size) == 4, lambda: f"conv2d_input_grad: input_size must be (N, C_in, H, W), got {input_size}")
-    torch._check(input_size[1] == weight.shape[1] * groups, lambda: "conv2d_input_grad: input_size[1] must be C_in of weight times groups")
+    torch._check(
+        grad_out.dim() == 4 and weight.dim() == 4, lambda: "conv2d_input_grad: grad_out and weight must be 4-d"
+    )
+    torch._check(
+        len(input_size) == 4, lambda: f"conv2d_input_grad: input_size must be (N, C_in, H, W), got {input_size}"
+    )
+    torch._check(
+        input_size[1] == weight.shape[1] * groups,
+        lambda: "conv2d_input_grad: input_size[1] must be C_in of weight times groups",
+    )
     return _empty_in_layout(input_size, grad_out, grad_out)
 
 
@@ -177,12 +211,26 @@ def _conv2d_input_grad_backward(ctx, grad_grad_input):
 
 
 def conv2d_weight_grad(
-    grad_out: Tensor, input: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int],
-    dilation: Sequence[int], groups: int,
+    grad_out: Tensor,
+    input: Tensor,
+    weight: Tensor,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
 ) -> Tensor:
     """Weight gradient of ``F.conv2d(input, weight)`` for ``grad_out`` alone (ATen's, differentiable)."""
     return torch.ops.aten.convolution_backward.default(
-        grad_out, input, weight, None, list(stride), list(padding), list(dilation), False, [0, 0], groups,
+        grad_out,
+        input,
+        weight,
+        None,
+        list(stride),
+        list(padding),
+        list(dilation),
+        False,
+        [0, 0],
+        groups,
         [False, True, False],
     )[1]
 
@@ -193,11 +241,17 @@ torch.library.register_autograd(
 
 
 def max_pool2d(
-    input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+    input: Tensor,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
     ceil_mode: bool,
 ) -> Tensor:
     """``F.max_pool2d`` (4-d input) whose input gradient's backward is one gather (csrc/max_pool2d.cpp)."""
-    return torch.ops.edlcm_ext.max_pool2d.default(input, list(kernel_size), list(stride), list(padding), list(dilation), ceil_mode)
+    return torch.ops.edlcm_ext.max_pool2d.default(
+        input, list(kernel_size), list(stride), list(padding), list(dilation), ceil_mode
+    )
 
 
 @torch.library.register_fake("edlcm_ext::max_pool2d")
@@ -208,9 +262,12 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
 
 @torch.library.register_fake("edlcm_ext::max_pool2d_input_grad")
 def _max_pool2d_input_grad_fake(grad_out, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
-    torch._check(grad_out.shape == indices.shape, lambda: "max_pool2d_input_grad: grad_out and indices must have the same shape")
+    torch._check(
+        grad_out.shape == indices.shape, lambda: "max_pool2d_input_grad: grad_out and indices must have the same shape"
+    )
     return torch.ops.aten.max_pool2d_with_indices_backward.default(
-        grad_out, input, kernel_size, stride, padding, dilation, ceil_mode, indices)
+        grad_out, input, kernel_size, stride, padding, dilation, ceil_mode, indices
+    )
 
 
 def _max_pool2d_input_grad_setup_context(ctx, inputs, output):
@@ -224,7 +281,9 @@ def _max_pool2d_input_grad_backward(ctx, grad_grad_input):
 
 
 torch.library.register_autograd(
-    "edlcm_ext::max_pool2d_input_grad", _max_pool2d_input_grad_backward, setup_context=_max_pool2d_input_grad_setup_context
+    "edlcm_ext::max_pool2d_input_grad",
+    _max_pool2d_input_grad_backward,
+    setup_context=_max_pool2d_input_grad_setup_context,
 )
 
 

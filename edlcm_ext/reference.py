@@ -8,7 +8,7 @@ Conventions: those of :mod:`edlcm_ext.regularizer`'s docstring.
 from __future__ import annotations
 
 import itertools
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +25,14 @@ def curvature_statistics(u: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
 
 
 def edlcm_terms(
-    models: Sequence[nn.Module], x: Tensor, y: Tensor, alpha: float, beta: float, h: float,
-    reduction: str = "per_sample", max_ratio: Optional[float] = None,
+    models: Sequence[nn.Module],
+    x: Tensor,
+    y: Tensor,
+    alpha: float,
+    beta: float,
+    h: float,
+    reduction: str = "per_sample",
+    max_ratio: float | None = None,
 ) -> CurvatureTerms:
     """alpha * L_r + beta * L_g (eqs 8-11) and L_ece (eq 2), with no input validation and no fused layer."""
     shape = (-1,) + (1,) * (x.dim() - 1)
@@ -39,7 +45,9 @@ def edlcm_terms(
         signs = torch.sign(slope.detach())
         direction = signs / torch.linalg.vector_norm(signs.flatten(1), dim=1).clamp(min=1.0).reshape(shape)
         there = (x.detach() + h * direction).requires_grad_(True)
-        (slope_there,) = torch.autograd.grad(F.cross_entropy(model(there), y, reduction="sum"), there, create_graph=True)
+        (slope_there,) = torch.autograd.grad(
+            F.cross_entropy(model(there), y, reduction="sum"), there, create_graph=True
+        )
         rows.append((slope_there - slope).flatten(1))
     u = torch.stack(rows)
     sq_norms, cosines = curvature_statistics(u)

@@ -3,7 +3,8 @@ model registry and auto-attack's attack list: a dict of name -> class or builder
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 

@@ -24,13 +24,14 @@ passes per member updates BatchNorm running statistics like any training-mode fo
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-LogitsCheck = Optional[Callable[[Tensor], None]]
+LogitsCheck = Callable[[Tensor], None] | None
 REDUCTIONS = ("per_sample", "mean")
 
 
@@ -54,7 +55,7 @@ class CurvatureTerms(NamedTuple):
     l_r: Tensor
     l_g: Tensor
     applied: bool = True
-    alpha_applied: Optional[Tensor] = None
+    alpha_applied: Tensor | None = None
 
 
 def input_gradient(model: nn.Module, x: Tensor, y: Tensor, check_logits: LogitsCheck = None) -> tuple[Tensor, Tensor]:
@@ -90,7 +91,7 @@ def input_gradient_differences(
     return torch.stack(differences), ece
 
 
-def capped_alpha(alpha: float, l_r: Tensor, ece: Tensor, max_ratio: Optional[float]) -> Tensor:
+def capped_alpha(alpha: float, l_r: Tensor, ece: Tensor, max_ratio: float | None) -> Tensor:
     """alpha, lowered on this batch where alpha * L_r would exceed max_ratio times the ensemble CE: a
     detached factor (no gradient flows through the cap itself); None leaves alpha as it is."""
     alpha = torch.as_tensor(alpha, dtype=l_r.dtype, device=l_r.device)
@@ -101,8 +102,13 @@ def capped_alpha(alpha: float, l_r: Tensor, ece: Tensor, max_ratio: Optional[flo
 
 
 def terms_from_statistics(
-    sq_norms: Tensor, cosines: Tensor, ece: Tensor, alpha: float, beta: float, scale: float = 1.0,
-    max_ratio: Optional[float] = None,
+    sq_norms: Tensor,
+    cosines: Tensor,
+    ece: Tensor,
+    alpha: float,
+    beta: float,
+    scale: float = 1.0,
+    max_ratio: float | None = None,
 ) -> CurvatureTerms:
     """Batch means and sums of eqs 9-10, combined as in eq 11; ``scale`` is :func:`l_r_scale`,
     ``max_ratio`` the cap of :func:`capped_alpha`."""

@@ -24,19 +24,33 @@ def markdown_table(results: dict[str, dict]) -> str:
             cells = [f"{100 * results[m]['attacks'][attack][eps]['all']:.2f}" for m in methods]
             lines.append(f"| {LABELS.get(attack, attack)} | {eps:g} | " + " | ".join(cells) + " |")
     for eps in first.get("worst", {}):
-        lines.append(f"| **worst case** (per sample, all attacks above) | {eps:g} | " + " | ".join(f"{100 * results[m]['worst'][eps]['all']:.2f}" for m in methods) + " |")
+        lines.append(
+            f"| **worst case** (per sample, all attacks above) | {eps:g} | "
+            + " | ".join(f"{100 * results[m]['worst'][eps]['all']:.2f}" for m in methods)
+            + " |"
+        )
     for surrogate, by_attack in first.get("black_box", {}).items():
         for attack, by_eps in by_attack.items():
             for eps in by_eps:
                 cells = [f"{100 * results[m]['black_box'][surrogate][attack][eps]['all']:.2f}" for m in methods]
-                lines.append(f"| black-box {LABELS.get(attack, attack)} from {surrogate} | {eps:g} | " + " | ".join(cells) + " |")
+                lines.append(
+                    f"| black-box {LABELS.get(attack, attack)} from {surrogate} | {eps:g} | " + " | ".join(cells) + " |"
+                )
     for eps in first.get("tsr", {}):
-        lines.append(f"| TSR (PGD) | {eps:g} | " + " | ".join(f"{results[m]['tsr'][eps]['tsr']:.2f}" for m in methods) + " |")
+        lines.append(
+            f"| TSR (PGD) | {eps:g} | " + " | ".join(f"{results[m]['tsr'][eps]['tsr']:.2f}" for m in methods) + " |"
+        )
     if "curvature" in first:
-        for key, label in (("u_norm", "curvature: mean |u| (eq 9)"), ("u_cosine", "curvature: mean cos(u_i, u_j) (eq 10)"),
-                           ("lambda_max", "curvature: mean / median lambda_max")):
-            cells = [f"{results[m]['curvature'][key]['mean']:.4g}" + (f" / {results[m]['curvature'][key]['median']:.4g}"
-                     if key == "lambda_max" else "") for m in methods]
+        for key, label in (
+            ("u_norm", "curvature: mean |u| (eq 9)"),
+            ("u_cosine", "curvature: mean cos(u_i, u_j) (eq 10)"),
+            ("lambda_max", "curvature: mean / median lambda_max"),
+        ):
+            cells = [
+                f"{results[m]['curvature'][key]['mean']:.4g}"
+                + (f" / {results[m]['curvature'][key]['median']:.4g}" if key == "lambda_max" else "")
+                for m in methods
+            ]
             lines.append(f"| {label} | - | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -48,9 +62,15 @@ def plot_robustness(results: dict[str, dict], path: str) -> None:
     for axis, attack in zip(axes[0], attacks):
         for method, result in results.items():
             eps_values = sorted(result["attacks"][attack])
-            axis.plot([0] + eps_values, [100 * result["clean"]] + [100 * result["attacks"][attack][e]["all"] for e in eps_values],
-                      marker="o", label=method)
-        axis.set(title=LABELS.get(attack, attack), xlabel="eps (L-inf, pixel units)", ylabel="accuracy (%)", ylim=(0, 100))
+            axis.plot(
+                [0] + eps_values,
+                [100 * result["clean"]] + [100 * result["attacks"][attack][e]["all"] for e in eps_values],
+                marker="o",
+                label=method,
+            )
+        axis.set(
+            title=LABELS.get(attack, attack), xlabel="eps (L-inf, pixel units)", ylabel="accuracy (%)", ylim=(0, 100)
+        )
         axis.grid(alpha=0.3)
     axes[0][0].legend()
     figure.tight_layout()
@@ -65,8 +85,17 @@ def plot_transfer_matrix(matrix, title: str, path: str) -> None:
     image = axis.imshow([[100 * v for v in row] for row in matrix], vmin=0, vmax=100, cmap="viridis")
     for i in range(members):
         for j in range(members):
-            axis.text(j, i, f"{100 * matrix[i][j]:.1f}", ha="center", va="center", color="white" if matrix[i][j] < 0.6 else "black")
-    axis.set(xticks=range(members), yticks=range(members), xlabel="evaluated member j", ylabel="source member i", title=title)
+            axis.text(
+                j,
+                i,
+                f"{100 * matrix[i][j]:.1f}",
+                ha="center",
+                va="center",
+                color="white" if matrix[i][j] < 0.6 else "black",
+            )
+    axis.set(
+        xticks=range(members), yticks=range(members), xlabel="evaluated member j", ylabel="source member i", title=title
+    )
     figure.colorbar(image, ax=axis, label="accuracy (%)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -50,8 +50,10 @@ def check_white_box(result: dict) -> list[str]:
 
 def check_large_eps(accuracy: float, eps: float) -> list[str]:
     if accuracy > LARGE_EPS_ACCURACY_LIMIT:
-        return [f"robust accuracy is still {accuracy:.3f} at the large eps={eps:g}, where any model should be near 0: "
-                "the attack does not follow the loss (gradient masking or obfuscation)."]
+        return [
+            f"robust accuracy is still {accuracy:.3f} at the large eps={eps:g}, where any model should be near 0: "
+            "the attack does not follow the loss (gradient masking or obfuscation)."
+        ]
     return []
 
 
@@ -87,6 +89,8 @@ def zero_gradient_fraction(model: nn.Module, loader: DataLoader, device: torch.d
 
 def check_zero_gradients(fraction: float) -> list[str]:
     if fraction > 0.05:
-        return [f"{100 * fraction:.0f}% of samples have an exactly zero input gradient: gradient-based attacks "
-                "cannot move them (shattered or masked gradients); try a black-box or transfer attack."]
+        return [
+            f"{100 * fraction:.0f}% of samples have an exactly zero input gradient: gradient-based attacks "
+            "cannot move them (shattered or masked gradients); try a black-box or transfer attack."
+        ]
     return []

@@ -54,10 +54,35 @@ def clean_accuracy(ensemble: Ensemble, loader: DataLoader, device: torch.device)
     return correct / max(1, total)
 
 
-def _average_across_processes(tensors, world: int) -> None:
+# Gradients are averaged in buckets of at most this many bytes, as DistributedDataParallel's default
+# bucket_cap_mb: a ResNet-18 ensemble makes a handful of collectives per step, not one per tensor.
+BUCKET_BYTES = 25 * 2**20
+
+
+def _buckets(tensors: list[torch.Tensor], cap: int):
+    """Consecutive runs of tensors of one dtype and device, each at most ``cap`` bytes (or one tensor)."""
+    bucket, size = [], 0
     for tensor in tensors:
-        dist.all_reduce(tensor)
-        tensor.div_(world)
+        nbytes = tensor.numel() * tensor.element_size()
+        if bucket and (size + nbytes > cap or (tensor.dtype, tensor.device) != (bucket[0].dtype, bucket[0].device)):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(tensor)
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+def average_across_processes(tensors, world: int, cap: int = BUCKET_BYTES) -> None:
+    """Replace each tensor by its mean over the processes: one all_reduce per bucket of flattened tensors."""
+    for bucket in _buckets(list(tensors), cap):
+        flat = torch.cat([tensor.reshape(-1) for tensor in bucket])
+        dist.all_reduce(flat)
+        flat.div_(world)
+        offset = 0
+        for tensor in bucket:  # copy_ writes back in each tensor's own layout (channels_last stays so)
+            tensor.copy_(flat[offset : offset + tensor.numel()].view(tensor.shape))
+            offset += tensor.numel()
 
 
 class _StepLog:
@@ -71,7 +96,9 @@ class _StepLog:
 
     def add(self, step: int, loss: torch.Tensor, logs: dict[str, torch.Tensor]) -> None:
         loss = loss.detach()
-        self.first_non_finite = torch.where((self.first_non_finite < 0) & ~torch.isfinite(loss), step, self.first_non_finite)
+        self.first_non_finite = torch.where(
+            (self.first_non_finite < 0) & ~torch.isfinite(loss), step, self.first_non_finite
+        )
         for key, value in {"loss": loss, **logs}.items():
             value = value.detach().float()
             self.sums[key] = self.sums[key] + value if key in self.sums else value
@@ -94,12 +121,26 @@ class TrainResult:
 
 
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """Train (or resume) an ensemble, checkpointing every epoch in ``config.out_dir``."""
+    """Train (or resume) an ensemble, checkpointing every epoch in ``config.out_dir``. Under torchrun,
+    the process group is set up here unless the caller did, and then also torn down here: a gloo
+    group left to the interpreter's exit can abort the process (SIGABRT)."""
     rank, local_rank, world = _distributed()
-    distributed = world > 1
     device = resolve_device(config.device, local_rank)
-    if distributed and not dist.is_initialized():
+    owns_group = world > 1 and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        result = _train(config, resume, rank, world, device)
+        if owns_group:
+            dist.barrier()  # every process is done with the group before any tears it down
+        return result
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, resume: bool, rank: int, world: int, device: torch.device) -> TrainResult:
+    distributed = world > 1
     main_process = rank == 0
     os.makedirs(config.out_dir, exist_ok=True)
     checkpoint_path = os.path.join(config.out_dir, CHECKPOINT_NAME)
@@ -110,12 +151,16 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     test_set, _ = load_dataset(config.dataset, config.data_dir, train=False, download=config.download)
     train_set = fixed_subset(train_set, config.train_subset)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
-    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers, drop_last=True)
+    loader = DataLoader(
+        train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers, drop_last=True
+    )
     test_loader = DataLoader(test_set, batch_size=256, num_workers=config.workers)
 
     checkpoint = read_checkpoint(checkpoint_path, device) if resume and os.path.exists(checkpoint_path) else None
     if checkpoint is not None:  # options the run was started with (e.g. its L_r convention) stay, unless overridden now
-        config = dataclasses.replace(config, method_options={**checkpoint["config"].get("method_options", {}), **config.method_options})
+        config = dataclasses.replace(
+            config, method_options={**checkpoint["config"].get("method_options", {}), **config.method_options}
+        )
     torch.manual_seed(config.seed)  # the same initial weights in every process
     layout = torch.channels_last if config.channels_last else torch.preserve_format
     ensemble = build_ensemble(config, info).to(device, memory_format=layout)
@@ -129,7 +174,13 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         ensemble.load_state_dict(checkpoint["ensemble"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         for parameter, state in optimizer.state.items():  # momentum in its parameter's layout
-            state.update({k: torch.empty_like(parameter).copy_(v) for k, v in state.items() if torch.is_tensor(v) and v.shape == parameter.shape})
+            state.update(
+                {
+                    k: torch.empty_like(parameter).copy_(v)
+                    for k, v in state.items()
+                    if torch.is_tensor(v) and v.shape == parameter.shape
+                }
+            )
         scheduler.load_state_dict(checkpoint["scheduler"])
         method.load_state_dict(checkpoint.get("method_state", {}))
         start_epoch, history = checkpoint["epoch"] + 1, checkpoint["history"]
@@ -143,7 +194,12 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         sampler.set_epoch(epoch)
         ensemble.train()
         started, step_log = time.perf_counter(), _StepLog(device)
-        bar = tqdm(loader, desc=f"{config.method} epoch {epoch + 1}/{config.epochs}", disable=not (config.progress and main_process), leave=False)
+        bar = tqdm(
+            loader,
+            desc=f"{config.method} epoch {epoch + 1}/{config.epochs}",
+            disable=not (config.progress and main_process),
+            leave=False,
+        )
         for step, (x, y) in enumerate(bar, 1):
             x, y = x.to(device, non_blocking=True, memory_format=layout), y.to(device, non_blocking=True)
             loss, logs = method.loss(ensemble, x, y)
@@ -151,7 +207,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             optimizer.zero_grad(set_to_none=False)
             loss.backward()
             if distributed:
-                _average_across_processes([p.grad for p in parameters if p.grad is not None], world)
+                average_across_processes([p.grad for p in parameters if p.grad is not None], world)
             optimizer.step()
             if step % config.log_every == 0 or step == len(loader):
                 bad_step = step_log.first_non_finite_step(distributed)
@@ -163,16 +219,30 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 bar.set_postfix(loss=f"{step_log.means()['loss']:.4f}")
         scheduler.step()
         if distributed:
-            _average_across_processes([b for b in ensemble.buffers() if b.is_floating_point()], world)
-        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
-                  **step_log.means()}
+            average_across_processes([b for b in ensemble.buffers() if b.is_floating_point()], world)
+        record = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - started,
+            **step_log.means(),
+        }
         if main_process:
             record["test_accuracy"] = clean_accuracy(ensemble, test_loader, device)
             history.append(record)
-            atomic_save({"format": FORMAT_VERSION, "epoch": epoch, "ensemble": ensemble.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "method_state": method.state_dict(), "config": dataclasses.asdict(config),
-                         "info": dataclasses.asdict(info), "history": history}, checkpoint_path)
+            atomic_save(
+                {
+                    "format": FORMAT_VERSION,
+                    "epoch": epoch,
+                    "ensemble": ensemble.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "method_state": method.state_dict(),
+                    "config": dataclasses.asdict(config),
+                    "info": dataclasses.asdict(info),
+                    "history": history,
+                },
+                checkpoint_path,
+            )
             with open(os.path.join(config.out_dir, LOG_NAME), "a") as log:
                 log.write(json.dumps(record) + "\n")
             if config.progress:

@@ -59,8 +59,10 @@ def cost_table(results: dict, step_seconds: dict, base: str) -> dict[str, float]
 
 
 def write_report(results: dict, costs: dict, eps_values: list[str], out_dir: str) -> None:
-    lines = ["| run | cost (x base step) | clean (%) | " + " | ".join(f"worst case eps {e} (%)" for e in eps_values) + " |",
-             "|---|---|---|" + "---|" * len(eps_values)]
+    lines = [
+        "| run | cost (x base step) | clean (%) | " + " | ".join(f"worst case eps {e} (%)" for e in eps_values) + " |",
+        "|---|---|---|" + "---|" * len(eps_values),
+    ]
     for name, result in results.items():
         cells = [f"{100 * result['worst'][e]['all']:.1f}" for e in eps_values]
         lines.append(f"| {name} | {costs[name]:.2f} | {100 * result['clean']:.1f} | " + " | ".join(cells) + " |")

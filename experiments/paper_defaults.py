@@ -34,7 +34,9 @@ from edlcm_ext.models.layers import Normalize
 
 def torchvision_model(name: str) -> torch.nn.Module:
     """torchvision's ImageNet-style ResNet on [0, 1] CIFAR inputs, at its own init, as a user would drop it in."""
-    return torch.nn.Sequential(Normalize(CIFAR10_INFO.mean, CIFAR10_INFO.std), getattr(torchvision.models, name)(num_classes=10))
+    return torch.nn.Sequential(
+        Normalize(CIFAR10_INFO.mean, CIFAR10_INFO.std), getattr(torchvision.models, name)(num_classes=10)
+    )
 
 
 # HvpCurvatureLoss settings by name ("base": no regularizer).
@@ -48,8 +50,10 @@ ARCHITECTURES = {
     "torchvision_resnet18": functools.partial(torchvision_model, "resnet18"),
     "torchvision_resnet34": functools.partial(torchvision_model, "resnet34"),
     # every architecture we ship, normalizing [0, 1] inputs as the trainer builds them
-    **{name: functools.partial(build_model, name, 10, 3, CIFAR10_INFO.mean, CIFAR10_INFO.std)
-       for name in ("resnet20", "resnet18", "resnet34", "vgg16_bn", "small_cnn")},
+    **{
+        name: functools.partial(build_model, name, 10, 3, CIFAR10_INFO.mean, CIFAR10_INFO.std)
+        for name in ("resnet20", "resnet18", "resnet34", "vgg16_bn", "small_cnn")
+    },
 }
 
 
@@ -59,7 +63,11 @@ def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int
     models = [ARCHITECTURES[arch]().train() for _ in range(3)]
     optimizer = torch.optim.SGD([p for m in models for p in m.parameters()], lr=0.02, momentum=0.9, weight_decay=5e-4)
     options = SETTINGS[setting]
-    regularizer = None if options is None else HvpCurvatureLoss(**{"alpha": 1.0, "beta": 0.01, "alpha_warmup": alpha_warmup, **options})
+    regularizer = (
+        None
+        if options is None
+        else HvpCurvatureLoss(**{"alpha": 1.0, "beta": 0.01, "alpha_warmup": alpha_warmup, **options})
+    )
     ces, windows, ratio, applied, started = [], [], None, [], time.perf_counter()
     caught = warnings.catch_warnings(record=True)
     warned = caught.__enter__()
@@ -87,11 +95,21 @@ def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int
     caught.__exit__(None, None, None)
     finite = all(math.isfinite(c) for c in ces)
     dominance = any("swamps the classification loss" in str(w.message) for w in warned)
-    return {"arch": arch, "setting": setting, "steps": len(ces), "first5": sum(ces[:5]) / 5,
-            "last10": sum(ces[-10:]) / 10 if finite else float("nan"), "last20": sum(ces[-20:]) / 20 if finite else float("nan"),
-            "max": max(ces) if finite else float("nan"), "first_ratio": ratio, "min_alpha_applied": min(applied) if applied else None,
-            "dominance_warning": dominance, "windows": windows, "nan_at": None if finite else len(ces),
-            "seconds": time.perf_counter() - started}
+    return {
+        "arch": arch,
+        "setting": setting,
+        "steps": len(ces),
+        "first5": sum(ces[:5]) / 5,
+        "last10": sum(ces[-10:]) / 10 if finite else float("nan"),
+        "last20": sum(ces[-20:]) / 20 if finite else float("nan"),
+        "max": max(ces) if finite else float("nan"),
+        "first_ratio": ratio,
+        "min_alpha_applied": min(applied) if applied else None,
+        "dominance_warning": dominance,
+        "windows": windows,
+        "nan_at": None if finite else len(ces),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def main() -> None:
@@ -105,26 +123,38 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     dataset, _ = load_dataset("imagefolder", args.data_dir, train=True)
-    loader = DataLoader(fixed_subset(dataset, 64 * args.steps), batch_size=64, shuffle=True,
-                        generator=torch.Generator().manual_seed(0), drop_last=True)
+    loader = DataLoader(
+        fixed_subset(dataset, 64 * args.steps),
+        batch_size=64,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+        drop_last=True,
+    )
     batches = list(loader)
-    lines = [f"# HvpCurvatureLoss settings on CIFAR-10 (JPEG): first {len(batches)} steps, B=64, 3 members",
-             "", f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}, "
-             f"{time.strftime('%Y-%m-%d')}. alpha=1, beta=0.01, SGD lr 0.02, momentum 0.9, wd 5e-4. "
-             f"alpha_warmup={args.alpha_warmup}. Settings: " + "; ".join(f"{k}: {v}" for k, v in SETTINGS.items())
-             + ". CE = sum of the 3 members' batch-mean CE (chance 6.91).", "",
-             f"| arch | setting | CE first 5 | CE last 10 | CE last 20 | CE max | alpha·L_r / CE at first regularized step (uncapped) "
-             f"| smallest alpha applied | dominance warning | NaN at step | s/step | mean CE per {args.window} steps |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# HvpCurvatureLoss settings on CIFAR-10 (JPEG): first {len(batches)} steps, B=64, 3 members",
+        "",
+        f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}. alpha=1, beta=0.01, SGD lr 0.02, momentum 0.9, wd 5e-4. "
+        f"alpha_warmup={args.alpha_warmup}. Settings: "
+        + "; ".join(f"{k}: {v}" for k, v in SETTINGS.items())
+        + ". CE = sum of the 3 members' batch-mean CE (chance 6.91).",
+        "",
+        f"| arch | setting | CE first 5 | CE last 10 | CE last 20 | CE max | alpha·L_r / CE at first regularized step (uncapped) "
+        f"| smallest alpha applied | dominance warning | NaN at step | s/step | mean CE per {args.window} steps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     print("\n".join(lines), flush=True)
     for arch in args.arch.split(","):
         for setting in args.settings.split(","):
             r = run(arch, setting, batches, alpha_warmup=args.alpha_warmup, window=args.window)
             ratio = "–" if r["first_ratio"] is None else f"{r['first_ratio']:.3g}"
             smallest = "–" if r["min_alpha_applied"] is None else f"{r['min_alpha_applied']:.3g}"
-            line = (f"| {arch} | {setting} | {r['first5']:.2f} | {r['last10']:.2f} | {r['last20']:.2f} | {r['max']:.2f} | {ratio} | "
-                    f"{smallest} | {'yes' if r['dominance_warning'] else 'no'} | {r['nan_at'] or '–'} | "
-                    f"{r['seconds'] / r['steps']:.2f} | {' '.join(f'{w:.2f}' for w in r['windows'])} |")
+            line = (
+                f"| {arch} | {setting} | {r['first5']:.2f} | {r['last10']:.2f} | {r['last20']:.2f} | {r['max']:.2f} | {ratio} | "
+                f"{smallest} | {'yes' if r['dominance_warning'] else 'no'} | {r['nan_at'] or '–'} | "
+                f"{r['seconds'] / r['steps']:.2f} | {' '.join(f'{w:.2f}' for w in r['windows'])} |"
+            )
             print(line, flush=True)
             lines.append(line)
     if args.out:

@@ -16,16 +16,16 @@ import argparse
 import pathlib
 import platform
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from edlcm_ext import HvpCurvatureLoss
+from edlcm_ext.checkpoint import load_checkpoint
 from edlcm_ext.data import CIFAR10_INFO, load_dataset
 from edlcm_ext.models import build_model
-from edlcm_ext.checkpoint import load_checkpoint
 
 
 def term_gradient_norms(models: Sequence[nn.Module], x: Tensor, y: Tensor, regularizer: HvpCurvatureLoss) -> dict:
@@ -69,19 +69,27 @@ def main() -> None:
     dataset, _ = load_dataset("imagefolder", args.data_dir, train=True)
     loader = DataLoader(dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
     batches = [batch for _, batch in zip(range(args.batches), loader)]
-    lines = [f"# Weight-gradient norms of eq 11's terms, alpha={args.alpha}, beta={args.beta}, B=64, "
-             f"mean over {len(batches)} CIFAR-10 (JPEG) training batches", "",
-             f"{platform.node()} ({platform.machine()}), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. "
-             "Members in train mode, as in a training step.", "",
-             "| weights | reduction | CE | alpha·L_r | beta·L_g | ‖∇CE‖ | ‖∇ alpha·L_r‖ | ‖∇ beta·L_g‖ | ‖∇ alpha·L_r‖ / ‖∇CE‖ |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Weight-gradient norms of eq 11's terms, alpha={args.alpha}, beta={args.beta}, B=64, "
+        f"mean over {len(batches)} CIFAR-10 (JPEG) training batches",
+        "",
+        f"{platform.node()} ({platform.machine()}), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}. "
+        "Members in train mode, as in a training step.",
+        "",
+        "| weights | reduction | CE | alpha·L_r | beta·L_g | ‖∇CE‖ | ‖∇ alpha·L_r‖ | ‖∇ beta·L_g‖ | ‖∇ alpha·L_r‖ / ‖∇CE‖ |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for source in args.checkpoint or ["init"]:
         label, models = members_at(source, args.arch)
         models = [m.train() for m in models]
         for reduction in ("mean", "per_sample"):
-            r = average_over_batches(models, batches, HvpCurvatureLoss(alpha=args.alpha, beta=args.beta, reduction=reduction))
-            lines.append(f"| {label} | {reduction} | {r['ce']:.3g} | {r['alpha_l_r']:.3g} | {r['beta_l_g']:.3g} | {r['grad_ce']:.3g} | "
-                         f"{r['grad_alpha_l_r']:.3g} | {r['grad_beta_l_g']:.3g} | {r['grad_alpha_l_r'] / r['grad_ce']:.3g} |")
+            r = average_over_batches(
+                models, batches, HvpCurvatureLoss(alpha=args.alpha, beta=args.beta, reduction=reduction)
+            )
+            lines.append(
+                f"| {label} | {reduction} | {r['ce']:.3g} | {r['alpha_l_r']:.3g} | {r['beta_l_g']:.3g} | {r['grad_ce']:.3g} | "
+                f"{r['grad_alpha_l_r']:.3g} | {r['grad_beta_l_g']:.3g} | {r['grad_alpha_l_r'] / r['grad_ce']:.3g} |"
+            )
     report = "\n".join(lines) + "\n"
     print(report, end="")
     if args.out:

@@ -45,8 +45,17 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
 
     defaults = METHODS["edlcm"].option_defaults()
     eps_values = sorted({e for run in runs if run["result"] for e in run["result"]["worst"]}, key=float)
-    header = (["run", "setting", "epochs", "clean (10k)", "clean (attacked)"] + [f"worst case {e}" for e in eps_values]
-              + [f"APGD-CE {eps_headline}", f"APGD-DLR {eps_headline}", f"+Square {eps_headline}", "mean λ_max", "min alpha applied"])
+    header = (
+        ["run", "setting", "epochs", "clean (10k)", "clean (attacked)"]
+        + [f"worst case {e}" for e in eps_values]
+        + [
+            f"APGD-CE {eps_headline}",
+            f"APGD-DLR {eps_headline}",
+            f"+Square {eps_headline}",
+            "mean λ_max",
+            "min alpha applied",
+        ]
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     base_worst = {}
     if baseline:
@@ -70,17 +79,27 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
                     cells.append("-")
                     continue
                 worst = 100 * result["worst"][e]["all"]
-                gain = f" ({worst - base_worst[e]:+.1f})" if e in base_worst and run["config"]["method"] != baseline else ""
+                gain = (
+                    f" ({worst - base_worst[e]:+.1f})"
+                    if e in base_worst and run["config"]["method"] != baseline
+                    else ""
+                )
                 cells.append(f"{worst:.1f}{gain}")
             attacks = result["attacks"]
-            cells += [f"{100 * attacks[a][eps_headline]['all']:.1f}" if a in attacks else "-" for a in ("apgd", "apgd-dlr", "square")]
+            cells += [
+                f"{100 * attacks[a][eps_headline]['all']:.1f}" if a in attacks else "-"
+                for a in ("apgd", "apgd-dlr", "square")
+            ]
             cells.append(f"{result['curvature']['lambda_max']['mean']:.3g}" if "curvature" in result else "-")
         if result is not None:
             cells.append(f"{min(applied):.3g}" if applied else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [f"Worst case: per sample, over every attack run (gains in parentheses against the mean of the "
-             f"{baseline} runs)." if baseline else "", "alpha applied: the epoch mean of the weight L_r got; below "
-             "alpha only where the max_ratio cap engaged."]
+    notes = [
+        f"Worst case: per sample, over every attack run (gains in parentheses against the mean of the {baseline} runs)."
+        if baseline
+        else "",
+        "alpha applied: the epoch mean of the weight L_r got; below alpha only where the max_ratio cap engaged.",
+    ]
     return "\n".join(lines) + "\n\n" + " ".join(n for n in notes if n) + "\n"
 
 
@@ -89,7 +108,9 @@ def main() -> None:
     parser.add_argument("results", help="a folder with runs/<name>/ (e.g. results/defaults_sweep)")
     parser.add_argument("--baseline", default="base", help="method whose mean worst case the gains are taken against")
     parser.add_argument("--eps", default="0.01", help="eps of the per-attack columns")
-    parser.add_argument("--order", default=None, help="comma-separated run names, in the table's order (default: sorted)")
+    parser.add_argument(
+        "--order", default=None, help="comma-separated run names, in the table's order (default: sorted)"
+    )
     args = parser.parse_args()
     runs_dir = os.path.join(args.results, "runs")
     names = args.order.split(",") if args.order else sorted(os.listdir(runs_dir))

@@ -14,7 +14,9 @@ import sys
 
 def main() -> None:
     runs, methods = sys.argv[1], sys.argv[2:]
-    print("| run | epochs | epoch wall time (s, median; machine shared) | final loss | clean test accuracy (%, all 10,000) |")
+    print(
+        "| run | epochs | epoch wall time (s, median; machine shared) | final loss | clean test accuracy (%, all 10,000) |"
+    )
     print("|---|---|---|---|---|")
     rows = {}
     for method in methods:

@@ -10,21 +10,25 @@ from edlcm_ext.attacks import ATTACKS, build_attack, expand_attack_names
 from edlcm_ext.attacks.apgd import checkpoints, steps_to_halve
 from edlcm_ext.attacks.apgd_dlr import dlr_loss
 from edlcm_ext.attacks.square import square_fraction
+from edlcm_ext.config import TrainConfig
 from edlcm_ext.data import load_dataset
 from edlcm_ext.evaluate import robust_accuracy
-from edlcm_ext.config import TrainConfig
 from edlcm_ext.train import train
 
 EPS = 0.1
 # torchattacks is a test dependency (pip install .[test]); the GPU machines' image lacks it.
-needs_torchattacks = pytest.mark.skipif(importlib.util.find_spec("torchattacks") is None, reason="torchattacks is not installed")
+needs_torchattacks = pytest.mark.skipif(
+    importlib.util.find_spec("torchattacks") is None, reason="torchattacks is not installed"
+)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("attacks")
-    ensemble = train(TrainConfig(method="base", dataset="digits", epochs=4, out_dir=str(out), progress=False, device="cpu")).ensemble.eval()
+    ensemble = train(
+        TrainConfig(method="base", dataset="digits", epochs=4, out_dir=str(out), progress=False, device="cpu")
+    ).ensemble.eval()
     test_set, _ = load_dataset("digits", None, train=False)
     x, y = test_set.tensors
     return ensemble, x[:200], y[:200]
@@ -79,7 +83,9 @@ def test_square_at_least_as_strong_as_torchattacks(trained):
     model, x, y = trained
     torch.manual_seed(4)
     ours = accuracy(model, build_attack("square", model, EPS, queries=1000)(x, y), y)
-    theirs = accuracy(model, torchattacks.Square(model, norm="Linf", eps=EPS, n_queries=1000, p_init=0.8, seed=0)(x, y), y)
+    theirs = accuracy(
+        model, torchattacks.Square(model, norm="Linf", eps=EPS, n_queries=1000, p_init=0.8, seed=0)(x, y), y
+    )
     assert ours <= theirs + 0.03, (ours, theirs)  # random search: seed spread as for APGD above
     assert ours < accuracy(model, x, y) - 0.05
 

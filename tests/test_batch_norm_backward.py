@@ -10,9 +10,14 @@ from conftest import DEVICES
 from edlcm_ext import ops
 from edlcm_ext.batchnorm import batch_norm
 
-LAYOUTS = [((5, 3), torch.contiguous_format), ((4, 2, 7), torch.contiguous_format),
-           ((3, 4, 5, 6), torch.contiguous_format), ((3, 4, 5, 6), torch.channels_last),
-           ((2, 3, 2, 3, 4), torch.contiguous_format), ((2, 3, 2, 3, 4), torch.channels_last_3d)]
+LAYOUTS = [
+    ((5, 3), torch.contiguous_format),
+    ((4, 2, 7), torch.contiguous_format),
+    ((3, 4, 5, 6), torch.contiguous_format),
+    ((3, 4, 5, 6), torch.channels_last),
+    ((2, 3, 2, 3, 4), torch.contiguous_format),
+    ((2, 3, 2, 3, 4), torch.channels_last_3d),
+]
 
 
 def sample_inputs(device, requires_grad, dtype=torch.float64):
@@ -65,6 +70,7 @@ def test_matches_pytorch_batch_norm_to_second_order(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck_and_gradgradcheck(device):
     for x, weight, bias, running_mean, running_var, training in sample_inputs(device, requires_grad=True):
+
         def fn(x, *params):
             w, b = params if params else (None, None)
             # momentum 0: gradcheck's repeated calls must not drift the running statistics
@@ -77,9 +83,12 @@ def test_gradcheck_and_gradgradcheck(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
-    for x, weight, bias, running_mean, running_var, training in sample_inputs(device, requires_grad=False):
+    for x, weight, _bias, running_mean, running_var, training in sample_inputs(device, requires_grad=False):
         if training:
-            mean, invstd = x.transpose(0, 1).flatten(1).mean(1), x.transpose(0, 1).flatten(1).var(1, correction=0).add(1e-5).rsqrt()
+            mean, invstd = (
+                x.transpose(0, 1).flatten(1).mean(1),
+                x.transpose(0, 1).flatten(1).var(1, correction=0).add(1e-5).rsqrt(),
+            )
         else:
             mean, invstd = running_mean, (running_var + 1e-5).rsqrt()
         grad_out = torch.randn_like(x)  # in x's layout
@@ -87,8 +96,17 @@ def test_opcheck(device):
         args = (leaf(grad_out), leaf(x), leaf(weight), mean, invstd, training)
         torch.library.opcheck(torch.ops.edlcm_ext.batch_norm_backward.default, args)
         channels = x.shape[1]
-        double_args = (torch.randn_like(x), torch.randn(channels, dtype=x.dtype, device=device),
-                       torch.randn(channels, dtype=x.dtype, device=device), grad_out, x, weight, mean, invstd, training)
+        double_args = (
+            torch.randn_like(x),
+            torch.randn(channels, dtype=x.dtype, device=device),
+            torch.randn(channels, dtype=x.dtype, device=device),
+            grad_out,
+            x,
+            weight,
+            mean,
+            invstd,
+            training,
+        )
         torch.library.opcheck(torch.ops.edlcm_ext._batch_norm_backward_backward.default, double_args)
 
 
@@ -101,7 +119,8 @@ def test_outputs_keep_the_channels_last_layout(device):
     grad_input, _, _ = ops.batch_norm_backward(torch.randn_like(x), x, None, *stats, True)
     assert grad_input.is_contiguous(memory_format=torch.channels_last) and not grad_input.is_contiguous()
     double = torch.ops.edlcm_ext._batch_norm_backward_backward.default(
-        torch.randn_like(x), stats[0], stats[0], torch.randn_like(x), x, None, *stats, True)
+        torch.randn_like(x), stats[0], stats[0], torch.randn_like(x), x, None, *stats, True
+    )
     assert all(t.is_contiguous(memory_format=torch.channels_last) for t in double[:2])
 
 
@@ -143,8 +162,10 @@ def test_float32_at_training_sizes_against_float64(device, channels_last, traini
     x64 = (torch.randn(shape, generator=generator, dtype=torch.float64) * 2 + 0.5).to(device)
     weight64 = (torch.rand(channels, generator=generator, dtype=torch.float64) + 0.5).to(device)
     bias64 = torch.randn(channels, generator=generator, dtype=torch.float64).to(device)
-    stats64 = (torch.randn(channels, generator=generator, dtype=torch.float64).to(device),
-               (torch.rand(channels, generator=generator, dtype=torch.float64) + 0.5).to(device))
+    stats64 = (
+        torch.randn(channels, generator=generator, dtype=torch.float64).to(device),
+        (torch.rand(channels, generator=generator, dtype=torch.float64) + 0.5).to(device),
+    )
     format = torch.channels_last if channels_last else torch.contiguous_format
 
     grad_out64 = torch.randn(shape, generator=generator, dtype=torch.float64).to(device)

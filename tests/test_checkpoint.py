@@ -8,10 +8,10 @@ import torch
 
 from edlcm_ext.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_data_file, read_checkpoint
 from edlcm_ext.cli import main as cli_main
-from edlcm_ext.data import DIGITS_INFO
-from edlcm_ext.loss import DEFAULT_H, DEFAULT_MAX_RATIO
 from edlcm_ext.config import TrainConfig
+from edlcm_ext.data import DIGITS_INFO
 from edlcm_ext.ensemble import build_ensemble
+from edlcm_ext.loss import DEFAULT_H, DEFAULT_MAX_RATIO
 from edlcm_ext.train import train
 
 
@@ -29,8 +29,15 @@ def payload_checkpoint(tmp_path):
     marker = str(tmp_path / "payload-ran")
     path = str(tmp_path / "evil.pt")
     ensemble = build_ensemble(TrainConfig(method="base", dataset="digits"), DIGITS_INFO)
-    torch.save({"epoch": 0, "ensemble": ensemble.state_dict(), "config": {"method": "base", "payload": CreatesFileWhenUnpickled(marker)},
-                "info": dataclasses.asdict(DIGITS_INFO)}, path)
+    torch.save(
+        {
+            "epoch": 0,
+            "ensemble": ensemble.state_dict(),
+            "config": {"method": "base", "payload": CreatesFileWhenUnpickled(marker)},
+            "info": dataclasses.asdict(DIGITS_INFO),
+        },
+        path,
+    )
     assert not os.path.exists(marker)
     return path, marker
 
@@ -46,7 +53,9 @@ def test_pickle_payload_does_not_run_through_the_python_api(tmp_path):
 
 def test_pickle_payload_does_not_run_through_the_cli(tmp_path, capsys):
     path, marker = payload_checkpoint(tmp_path)
-    code = cli_main(["eval", "--checkpoint", path, "--out-dir", str(tmp_path / "eval"), "--no-progress", "--device", "cpu"])
+    code = cli_main(
+        ["eval", "--checkpoint", path, "--out-dir", str(tmp_path / "eval"), "--no-progress", "--device", "cpu"]
+    )
     assert code == 2
     assert f"edlcm eval: error: {path}: refused to load" in capsys.readouterr().err
     assert not os.path.exists(marker)
@@ -58,15 +67,20 @@ def test_pickle_payload_does_not_run_on_resume(tmp_path):
     path, marker = payload_checkpoint(tmp_path)
     os.replace(path, run / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="refused to load"):
-        train(TrainConfig(method="base", dataset="digits", epochs=1, out_dir=str(run), progress=False, device="cpu"), resume=True)
+        train(
+            TrainConfig(method="base", dataset="digits", epochs=1, out_dir=str(run), progress=False, device="cpu"),
+            resume=True,
+        )
     assert not os.path.exists(marker)
 
 
 @pytest.mark.parametrize(
     "content, message",
-    [({"weights": torch.zeros(2)}, r"not an edlcm-ext trainer checkpoint \(expected keys"),
-     ([1, 2, 3], "not an edlcm-ext trainer checkpoint"),
-     (b"not a zip", "not a readable torch checkpoint")],
+    [
+        ({"weights": torch.zeros(2)}, r"not an edlcm-ext trainer checkpoint \(expected keys"),
+        ([1, 2, 3], "not an edlcm-ext trainer checkpoint"),
+        (b"not a zip", "not a readable torch checkpoint"),
+    ],
 )
 def test_files_that_are_not_our_checkpoints_get_one_clear_error(tmp_path, content, message):
     path = str(tmp_path / "other.pt")
@@ -85,18 +99,44 @@ def test_missing_file_is_named(tmp_path):
 
 
 def test_checkpoints_we_write_load_with_weights_only_and_record_the_convention(tmp_path):
-    train(TrainConfig(method="edlcm", dataset="digits", epochs=1, train_subset=128, out_dir=str(tmp_path / "run"), progress=False,
-                      device="cpu", method_options={"every": 2}))
+    train(
+        TrainConfig(
+            method="edlcm",
+            dataset="digits",
+            epochs=1,
+            train_subset=128,
+            out_dir=str(tmp_path / "run"),
+            progress=False,
+            device="cpu",
+            method_options={"every": 2},
+        )
+    )
     raw = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert raw["format"] == 3 and raw["config"]["method_options"] == {
-        "alpha": 1.0, "beta": 0.01, "h": DEFAULT_H, "reduction": "per_sample", "max_ratio": DEFAULT_MAX_RATIO, "every": 2}
+        "alpha": 1.0,
+        "beta": 0.01,
+        "h": DEFAULT_H,
+        "reduction": "per_sample",
+        "max_ratio": DEFAULT_MAX_RATIO,
+        "every": 2,
+    }
     assert raw["method_state"]["_extra_state"]["calls"] == 2  # 128 images / batch 64
 
 
 def test_old_format_edlcm_checkpoint_loads_as_the_sum_convention(tmp_path):
     """Format-1 checkpoints (before `reduction` existed) were trained under "sum" (now "per_sample"),
     with h 0.1 and no cap."""
-    train(TrainConfig(method="edlcm", dataset="digits", epochs=1, train_subset=128, out_dir=str(tmp_path / "run"), progress=False, device="cpu"))
+    train(
+        TrainConfig(
+            method="edlcm",
+            dataset="digits",
+            epochs=1,
+            train_subset=128,
+            out_dir=str(tmp_path / "run"),
+            progress=False,
+            device="cpu",
+        )
+    )
     path = str(tmp_path / "run" / "checkpoint.pt")
     old = torch.load(path, weights_only=True)
     del old["format"], old["method_state"]
@@ -104,3 +144,37 @@ def test_old_format_edlcm_checkpoint_loads_as_the_sum_convention(tmp_path):
     atomic_save(old, path)
     _, config, _, _ = load_checkpoint(path)
     assert config.method_options == {"reduction": "per_sample", "h": 0.1, "max_ratio": None}
+
+
+@pytest.mark.parametrize("reduction, expected", [("sum", "per_sample"), ("mean", "mean")])
+def test_format_2_checkpoints_load_with_the_options_they_were_trained_with(tmp_path, reduction, expected):
+    """Format 2 recorded only the convention: h was 0.1 and there was no cap then; "sum" is now "per_sample".
+    The resumed run trains on with those options, not today's defaults."""
+    out = tmp_path / "run"
+    train(
+        TrainConfig(
+            method="edlcm", dataset="digits", epochs=1, train_subset=128, out_dir=str(out), progress=False, device="cpu"
+        )
+    )
+    path = str(out / "checkpoint.pt")
+    old = torch.load(path, weights_only=True)
+    old["format"] = 2
+    old["config"]["method_options"] = {"reduction": reduction}
+    atomic_save(old, path)
+    _, config, _, _ = load_checkpoint(path)
+    assert config.method_options == {"h": 0.1, "max_ratio": None, "reduction": expected}
+    train(
+        TrainConfig(
+            method="edlcm", dataset="digits", epochs=2, train_subset=128, out_dir=str(out), progress=False, device="cpu"
+        ),
+        resume=True,
+    )
+    resumed = torch.load(path, weights_only=True)
+    assert resumed["format"] == 3
+    assert resumed["config"]["method_options"] == {
+        "alpha": 1.0,
+        "beta": 0.01,
+        "h": 0.1,
+        "reduction": expected,
+        "max_ratio": None,
+    }

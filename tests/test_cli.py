@@ -91,7 +91,9 @@ def test_bad_eval_values_are_refused_in_one_line_before_anything_is_written(tmp_
 
 
 def test_eval_of_a_missing_checkpoint_names_it(tmp_path, capsys):
-    code, error = run_cli(["eval", "--checkpoint", str(tmp_path / "nope.pt"), "--out-dir", str(tmp_path / "eval")], capsys)
+    code, error = run_cli(
+        ["eval", "--checkpoint", str(tmp_path / "nope.pt"), "--out-dir", str(tmp_path / "eval")], capsys
+    )
     assert code == 2 and "nope.pt: no such file" in error and not (tmp_path / "eval").exists()
 
 

@@ -23,13 +23,25 @@ CONFIGS = [
 
 def sample_inputs(device, requires_grad, dtype=torch.float64):
     """(grad_out, weight, input_size, stride, padding, dilation, groups), both layouts."""
-    for (input_size, (c_out, kh, kw), stride, padding, dilation, groups), channels_last in itertools.product(CONFIGS, (False, True)):
+    for (input_size, (c_out, kh, kw), stride, padding, dilation, groups), channels_last in itertools.product(
+        CONFIGS, (False, True)
+    ):
         weight = torch.randn(c_out, input_size[1] // groups, kh, kw, device=device, dtype=dtype)
-        out_shape = F.conv2d(torch.empty(input_size, device=device, dtype=dtype), weight, None, stride, padding, dilation, groups).shape
+        out_shape = F.conv2d(
+            torch.empty(input_size, device=device, dtype=dtype), weight, None, stride, padding, dilation, groups
+        ).shape
         grad_out = torch.randn(out_shape, device=device, dtype=dtype)
         if channels_last:
             grad_out, weight = (t.to(memory_format=torch.channels_last) for t in (grad_out, weight))
-        yield grad_out.requires_grad_(requires_grad), weight.requires_grad_(requires_grad), list(input_size), list(stride), list(padding), list(dilation), groups
+        yield (
+            grad_out.requires_grad_(requires_grad),
+            weight.requires_grad_(requires_grad),
+            list(input_size),
+            list(stride),
+            list(padding),
+            list(dilation),
+            groups,
+        )
 
 
 def pytorch_input_grad(grad_out, weight, input_size, stride, padding, dilation, groups):
@@ -58,7 +70,9 @@ def test_opcheck(device):
         torch.library.opcheck(torch.ops.edlcm_ext.conv2d_input_grad.default, sample)
     for input_size, (c_out, kh, kw), stride, padding, dilation, groups in CONFIGS:
         x = torch.randn(input_size, device=device, dtype=torch.float64, requires_grad=True)
-        weight = torch.randn(c_out, input_size[1] // groups, kh, kw, device=device, dtype=torch.float64, requires_grad=True)
+        weight = torch.randn(
+            c_out, input_size[1] // groups, kh, kw, device=device, dtype=torch.float64, requires_grad=True
+        )
         for bias in (None, torch.randn(c_out, device=device, dtype=torch.float64, requires_grad=True)):
             args = (x, weight, bias, list(stride), list(padding), list(dilation), groups)
             torch.library.opcheck(torch.ops.edlcm_ext.conv2d.default, args)
@@ -67,6 +81,7 @@ def test_opcheck(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradcheck_and_gradgradcheck(device):
     for grad_out, weight, *conv_args in itertools.islice(sample_inputs(device, requires_grad=True), 0, None, 3):
+
         def op(g, w):
             return ops.conv2d_input_grad(g, w, *conv_args)
 
@@ -83,7 +98,9 @@ def test_bad_arguments_are_named():
     with pytest.raises(RuntimeError, match="shapes disagree"):
         ops.conv2d_input_grad(torch.randn(1, 4, 5, 5), weight, [1, 2, 7, 7], [1, 1], [0, 0], [1, 1], 1)
     with pytest.raises(RuntimeError, match="same dtype and device"):
-        ops.conv2d_input_grad(torch.randn(1, 4, 5, 5, dtype=torch.float64), weight, [1, 3, 7, 7], [1, 1], [0, 0], [1, 1], 1)
+        ops.conv2d_input_grad(
+            torch.randn(1, 4, 5, 5, dtype=torch.float64), weight, [1, 3, 7, 7], [1, 1], [0, 0], [1, 1], 1
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -93,13 +110,15 @@ def test_routed_conv2d_first_and_second_order_match_f_conv2d(device, bias):
     the derivative structure of EDLCM's L_r, for every argument form F.conv2d accepts."""
     for input_size, (c_out, kh, kw), stride, padding, dilation, groups in CONFIGS:
         x = torch.randn(input_size, device=device, dtype=torch.float64, requires_grad=True)
-        weight = torch.randn(c_out, input_size[1] // groups, kh, kw, device=device, dtype=torch.float64, requires_grad=True)
+        weight = torch.randn(
+            c_out, input_size[1] // groups, kh, kw, device=device, dtype=torch.float64, requires_grad=True
+        )
         b = torch.randn(c_out, device=device, dtype=torch.float64, requires_grad=True) if bias else None
         params = [t for t in (weight, b) if t is not None]
         results = []
         for function in (F.conv2d, conv2d):
             out = function(x, weight, b, stride, padding, dilation, groups)
-            input_grad, = torch.autograd.grad(out.tanh().sum(), x, create_graph=True)
+            (input_grad,) = torch.autograd.grad(out.tanh().sum(), x, create_graph=True)
             results.append((out, input_grad, *torch.autograd.grad(input_grad.pow(2).sum(), params)))
         for a, b_ in zip(*results, strict=True):
             torch.testing.assert_close(a, b_, rtol=1e-10, atol=1e-12)

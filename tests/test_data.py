@@ -16,7 +16,10 @@ def write_cifar(root, batches, label_key, meta_name, meta_key, classes, per_batc
     os.makedirs(folder)
     rng = np.random.default_rng(0)
     for name in batches:
-        entry = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), label_key: list(rng.integers(0, classes, per_batch))}
+        entry = {
+            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            label_key: list(rng.integers(0, classes, per_batch)),
+        }
         with open(os.path.join(folder, name), "wb") as out:
             pickle.dump(entry, out)
     with open(os.path.join(folder, meta_name), "wb") as out:
@@ -24,7 +27,14 @@ def write_cifar(root, batches, label_key, meta_name, meta_key, classes, per_batc
 
 
 def test_cifar10_in_torchvision_format(tmp_path):
-    write_cifar(tmp_path / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], "labels", "batches.meta", "label_names", 10)
+    write_cifar(
+        tmp_path / "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+        "labels",
+        "batches.meta",
+        "label_names",
+        10,
+    )
     train, info = load_dataset("cifar10", str(tmp_path), train=True)
     test, _ = load_dataset("cifar10", str(tmp_path), train=False)
     assert (len(train), len(test), info.num_classes) == (20, 4, 10)

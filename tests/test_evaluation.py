@@ -10,23 +10,25 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from edlcm_ext import eval_job, evaluate, sanity
 from edlcm_ext.cli import main as cli_main
+from edlcm_ext.config import TrainConfig
 from edlcm_ext.curvature import curvature_diagnostics, largest_hessian_eigenvalue
 from edlcm_ext.data import load_dataset
 from edlcm_ext.evaluate import attack_flags, transfer_matrix, transferability_success_rate
-from edlcm_ext.config import TrainConfig
 from edlcm_ext.train import train
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    ensemble = train(TrainConfig(method="base", dataset="digits", epochs=4, out_dir=str(out), progress=False, device="cpu")).ensemble
+    ensemble = train(
+        TrainConfig(method="base", dataset="digits", epochs=4, out_dir=str(out), progress=False, device="cpu")
+    ).ensemble
     return ensemble.eval(), out / "checkpoint.pt"
 
 
@@ -86,10 +88,14 @@ def test_worst_case_is_a_per_sample_and_over_attacks(loader):
     half = torch.arange(samples) < samples // 2
     flags = {"fgsm": half, "pgd": ~half}
     model = ConstantClassifier()
-    with mock.patch.object(evaluate, "attack_flags", lambda model, loader, attack, eps, *a, **k: flags[attack]), \
-         mock.patch.object(evaluate, "correct_flags", lambda *a, **k: torch.ones(samples, dtype=torch.bool)):
+    with (
+        mock.patch.object(evaluate, "attack_flags", lambda model, loader, attack, eps, *a, **k: flags[attack]),
+        mock.patch.object(evaluate, "correct_flags", lambda *a, **k: torch.ones(samples, dtype=torch.bool)),
+    ):
         result = evaluate.robust_accuracy(model, loader, ["fgsm", "pgd"], [0.1], torch.device("cpu"), progress=False)
-    assert result["attacks"]["fgsm"][0.1]["all"] == pytest.approx(0.5) and result["attacks"]["pgd"][0.1]["all"] == pytest.approx(0.5)
+    assert result["attacks"]["fgsm"][0.1]["all"] == pytest.approx(0.5) and result["attacks"]["pgd"][0.1][
+        "all"
+    ] == pytest.approx(0.5)
     assert result["worst"][0.1]["all"] == 0.0
 
 
@@ -116,8 +122,16 @@ def test_square_runs_only_on_the_samples_the_gradient_attacks_left(trained_run, 
         return real(model, loader, attack, *args, **kwargs)
 
     with mock.patch.object(evaluate, "attack_flags", side_effect=spy):
-        flags = evaluate.white_box_flags(model, loader, clean, ["fgsm", "square"], 0.1, torch.device("cpu"),
-                                         {"square": {"queries": 20}}, progress=False)
+        flags = evaluate.white_box_flags(
+            model,
+            loader,
+            clean,
+            ["fgsm", "square"],
+            0.1,
+            torch.device("cpu"),
+            {"square": {"queries": 20}},
+            progress=False,
+        )
     left = (clean & flags["fgsm"]).nonzero().squeeze(1).tolist()
     assert given == [left] and 0 < len(left) < len(clean)
     assert not (flags["square"] & ~(clean & flags["fgsm"])).any()
@@ -136,7 +150,9 @@ class StepFunctionModel(nn.Module):
 
 def masking_warnings(model, loader):
     fraction = sanity.zero_gradient_fraction(model, loader, torch.device("cpu"))
-    large = attack_flags(model, loader, "pgd", 0.3, torch.device("cpu"), options={"steps": 50, "step_size": 0.015}, progress=False)
+    large = attack_flags(
+        model, loader, "pgd", 0.3, torch.device("cpu"), options={"steps": 50, "step_size": 0.015}, progress=False
+    )
     return sanity.check_zero_gradients(fraction) + sanity.check_large_eps(large.float().mean().item(), 0.3)
 
 
@@ -166,9 +182,36 @@ def test_eval_cli_writes_table_plots_and_resumes_from_cache(trained_run, tmp_pat
     surrogate = tmp_path / "surrogate" / "checkpoint.pt"
     surrogate.parent.mkdir()
     shutil.copyfile(checkpoint, surrogate)
-    args = ["eval", "--checkpoint", str(checkpoint), "--checkpoint", str(checkpoint), "--name", "a", "--name", "b",
-            "--attacks", "fgsm,pgd,apgd", "--eps", "0.05,0.1", "--max-samples", "64", "--tsr-eps", "0.1",
-            "--surrogate", str(surrogate), "--apgd-iterations", "5", "--out-dir", str(tmp_path), "--no-progress", "--device", "cpu", "--curvature", "32"]
+    args = [
+        "eval",
+        "--checkpoint",
+        str(checkpoint),
+        "--checkpoint",
+        str(checkpoint),
+        "--name",
+        "a",
+        "--name",
+        "b",
+        "--attacks",
+        "fgsm,pgd,apgd",
+        "--eps",
+        "0.05,0.1",
+        "--max-samples",
+        "64",
+        "--tsr-eps",
+        "0.1",
+        "--surrogate",
+        str(surrogate),
+        "--apgd-iterations",
+        "5",
+        "--out-dir",
+        str(tmp_path),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--curvature",
+        "32",
+    ]
     assert cli_main(args) == 0
     table = (tmp_path / "table.md").read_text()
     assert "| Attack | eps | a | b |" in table and "| APGD-CE | 0.1 |" in table and "TSR (PGD)" in table
@@ -178,10 +221,12 @@ def test_eval_cli_writes_table_plots_and_resumes_from_cache(trained_run, tmp_pat
     saved = json.loads((tmp_path / "results.json").read_text())["results"]
     assert saved["a"]["samples"] == 64 and set(saved["a"]["attacks"]) == {"fgsm", "pgd", "apgd"}
     # A second run recomputes nothing: every per-sample result comes from the cache.
-    with mock.patch.object(evaluate, "attack_flags", side_effect=AssertionError("recomputed")), \
-         mock.patch.object(eval_job, "craft", side_effect=AssertionError("recomputed")), \
-         mock.patch.object(eval_job, "transfer_matrix", side_effect=AssertionError("recomputed")), \
-         mock.patch.object(eval_job, "curvature_diagnostics", side_effect=AssertionError("recomputed")):
+    with (
+        mock.patch.object(evaluate, "attack_flags", side_effect=AssertionError("recomputed")),
+        mock.patch.object(eval_job, "craft", side_effect=AssertionError("recomputed")),
+        mock.patch.object(eval_job, "transfer_matrix", side_effect=AssertionError("recomputed")),
+        mock.patch.object(eval_job, "curvature_diagnostics", side_effect=AssertionError("recomputed")),
+    ):
         assert cli_main(args) == 0
     assert saved["a"]["curvature"]["samples"] == 32
     assert json.loads((tmp_path / "results.json").read_text())["results"] == saved
@@ -190,23 +235,34 @@ def test_eval_cli_writes_table_plots_and_resumes_from_cache(trained_run, tmp_pat
     retrained = torch.load(surrogate, weights_only=True)
     retrained["epoch"] += 1
     torch.save(retrained, surrogate)
-    with mock.patch.object(evaluate, "attack_flags", side_effect=AssertionError("recomputed")), \
-         mock.patch.object(eval_job, "craft", wraps=eval_job.craft) as craft:
+    with (
+        mock.patch.object(evaluate, "attack_flags", side_effect=AssertionError("recomputed")),
+        mock.patch.object(eval_job, "craft", wraps=eval_job.craft) as craft,
+    ):
         assert cli_main(args) == 0
     assert craft.call_count == 3 * 2  # each attack and eps once, shared by both checkpoints
     # --black-box-attacks: only those are crafted on the surrogate, the white-box rows are unchanged
-    with mock.patch.object(evaluate, "attack_flags", side_effect=AssertionError("recomputed")), \
-         mock.patch.object(eval_job, "craft", wraps=eval_job.craft) as craft:
+    with (
+        mock.patch.object(evaluate, "attack_flags", side_effect=AssertionError("recomputed")),
+        mock.patch.object(eval_job, "craft", wraps=eval_job.craft) as craft,
+    ):
         assert cli_main(args + ["--black-box-attacks", "fgsm"]) == 0
     assert craft.call_count == 0  # read from the cache of the run above
     results = json.loads((tmp_path / "results.json").read_text())["results"]
-    assert set(results["a"]["black_box"]["small_cnnx3"]) == {"fgsm"} and set(results["a"]["attacks"]) == {"fgsm", "pgd", "apgd"}
+    assert set(results["a"]["black_box"]["small_cnnx3"]) == {"fgsm"} and set(results["a"]["attacks"]) == {
+        "fgsm",
+        "pgd",
+        "apgd",
+    }
 
 
 def test_power_iteration_finds_the_largest_eigenvalue_of_a_known_hessian():
     """Per-sample loss 0.5 x^T A_b x has Hessian A_b: eigenvalues chosen by hand, one dominant."""
     torch.manual_seed(0)
-    dims, eigenvalues = 6, torch.tensor([[5.0, 1.0, 0.5, -0.3, 0.2, 0.1], [-0.4, 2.5, 0.9, 0.3, 0.2, -0.1]], dtype=torch.float64)
+    dims, eigenvalues = (
+        6,
+        torch.tensor([[5.0, 1.0, 0.5, -0.3, 0.2, 0.1], [-0.4, 2.5, 0.9, 0.3, 0.2, -0.1]], dtype=torch.float64),
+    )
     bases = [torch.linalg.qr(torch.randn(dims, dims, dtype=torch.float64))[0] for _ in range(2)]
     hessians = torch.stack([q @ torch.diag(e) @ q.T for q, e in zip(bases, eigenvalues)])
 
@@ -236,13 +292,23 @@ def _flags_by_attack_budget(ensemble, loader, attack, eps, device, options=None,
 
 def test_cached_results_are_keyed_by_everything_that_changes_them(trained_run, tmp_path):
     _, checkpoint = trained_run
-    settings = eval_job.EvalSettings(checkpoints=[str(checkpoint)], attacks=["pgd"], eps=[0.3], large_eps=0.3, max_samples=64,
-                                     out_dir=str(tmp_path), progress=False, device="cpu")
+    settings = eval_job.EvalSettings(
+        checkpoints=[str(checkpoint)],
+        attacks=["pgd"],
+        eps=[0.3],
+        large_eps=0.3,
+        max_samples=64,
+        out_dir=str(tmp_path),
+        progress=False,
+        device="cpu",
+    )
 
     def evaluate_counting(**changes):
         flags = mock.Mock(side_effect=_flags_by_attack_budget)
         with mock.patch.object(eval_job, "attack_flags", flags), mock.patch.object(evaluate, "attack_flags", flags):
-            result = eval_job.evaluate_one("a", str(checkpoint), dataclasses.replace(settings, **changes), torch.device("cpu"), {})
+            result = eval_job.evaluate_one(
+                "a", str(checkpoint), dataclasses.replace(settings, **changes), torch.device("cpu"), {}
+            )
         return result, flags.call_count
 
     result, calls = evaluate_counting()
@@ -259,7 +325,11 @@ def _write_image_folder(root, swap_test_labels=False):
     generator = np.random.default_rng(0)
     for split, count in (("train", 32), ("test", 8)):
         for label, level in (("bright", 200), ("dark", 50)):
-            folder = root / split / ({"bright": "dark", "dark": "bright"}[label] if swap_test_labels and split == "test" else label)
+            folder = (
+                root
+                / split
+                / ({"bright": "dark", "dark": "bright"}[label] if swap_test_labels and split == "test" else label)
+            )
             folder.mkdir(parents=True, exist_ok=True)
             for k in range(count):
                 pixels = np.clip(level + generator.integers(-40, 40, size=(8, 8, 3)), 0, 255).astype(np.uint8)
@@ -270,14 +340,51 @@ def _write_image_folder(root, swap_test_labels=False):
 def test_cli_trains_and_evaluates_an_image_folder_with_its_default_eps_and_cache_dir(tmp_path):
     data = _write_image_folder(tmp_path / "data")
     run = tmp_path / "run"
-    assert cli_main(["train", "--method", "base", "--dataset", "imagefolder", "--data-dir", data, "--epochs", "1",
-                     "--batch-size", "16", "--out-dir", str(run), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "train",
+                "--method",
+                "base",
+                "--dataset",
+                "imagefolder",
+                "--data-dir",
+                data,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--out-dir",
+                str(run),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     cache, out = tmp_path / "cache", tmp_path / "eval"
-    args = ["eval", "--checkpoint", str(run / "checkpoint.pt"), "--attacks", "fgsm", "--large-eps", "0", "--out-dir", str(out),
-            "--cache-dir", str(cache), "--device", "cpu", "--no-progress"]
+    args = [
+        "eval",
+        "--checkpoint",
+        str(run / "checkpoint.pt"),
+        "--attacks",
+        "fgsm",
+        "--large-eps",
+        "0",
+        "--out-dir",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert cli_main(args) == 0
     saved = json.loads((out / "results.json").read_text())["results"]["base"]
-    assert saved["samples"] == 16 and set(saved["attacks"]["fgsm"]) == {f"{e:g}" for e in eval_job.DEFAULT_EPS["imagefolder"]}
+    assert saved["samples"] == 16 and set(saved["attacks"]["fgsm"]) == {
+        f"{e:g}" for e in eval_job.DEFAULT_EPS["imagefolder"]
+    }
     assert os.listdir(cache) and not (out / "flags").exists()  # per-sample results went to --cache-dir only
     # --data-dir replaces the checkpoint's test images: the same files under swapped labels (two
     # classes, so every correct prediction becomes wrong) must be evaluated, not read from the cache.

@@ -7,7 +7,6 @@ import os
 from unittest import mock
 
 import pytest
-
 import torch
 from torch import nn
 
@@ -15,7 +14,9 @@ from edlcm_ext import HvpCurvatureLoss
 
 
 def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), "..", "experiments", f"{name}.py"))
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(os.path.dirname(__file__), "..", "experiments", f"{name}.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -26,13 +27,16 @@ regularizer_scale = load_script("regularizer_scale")
 paper_defaults = load_script("paper_defaults")
 
 
-@pytest.mark.parametrize("config, mode", [
-    ({"method": "base"}, "plain"),
-    ({"method": "edlcm", "channels_last": True}, "fused_cl"),
-    ({"method": "edlcm", "method_options": {"every": 4, "alpha": 10.0}}, "every4"),
-    ({"method": "edlcm", "method_options": {"batch_fraction": 0.25}, "channels_last": True}, "fraction25_cl"),
-    ({"method": "gal", "method_options": {"beta": 0.5}}, "gal"),
-])
+@pytest.mark.parametrize(
+    "config, mode",
+    [
+        ({"method": "base"}, "plain"),
+        ({"method": "edlcm", "channels_last": True}, "fused_cl"),
+        ({"method": "edlcm", "method_options": {"every": 4, "alpha": 10.0}}, "every4"),
+        ({"method": "edlcm", "method_options": {"batch_fraction": 0.25}, "channels_last": True}, "fraction25_cl"),
+        ({"method": "gal", "method_options": {"beta": 0.5}}, "gal"),
+    ],
+)
 def test_bench_mode_of_a_run(config, mode):
     assert cost_robustness.bench_mode(config) == mode
 
@@ -45,17 +49,27 @@ def test_runs_without_a_bench_mode_are_refused():
 
 
 def test_table_and_figure_from_eval_and_bench_reports(tmp_path):
-    configs = {"base": {"method": "base", "channels_last": True},
-               "edlcm_every4": {"method": "edlcm", "method_options": {"every": 4}, "channels_last": True}}
+    configs = {
+        "base": {"method": "base", "channels_last": True},
+        "edlcm_every4": {"method": "edlcm", "method_options": {"every": 4}, "channels_last": True},
+    }
     results = {}
     for index, (name, config) in enumerate(configs.items()):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps(config))
         worst = {"0.01": {"all": 0.2 + 0.3 * index}, "0.03": {"all": 0.05 * index}}
-        results[name] = {"checkpoint": str(tmp_path / name / "checkpoint.pt"), "clean": 0.8 - 0.1 * index, "worst": worst}
+        results[name] = {
+            "checkpoint": str(tmp_path / name / "checkpoint.pt"),
+            "clean": 0.8 - 0.1 * index,
+            "worst": worst,
+        }
     (tmp_path / "results.json").write_text(json.dumps({"results": results}))
-    bench = {"results": [{"config": {"name": "resnet18"}, "step_seconds": {"plain_cl": 9.0, "every4_cl": 9.0}},
-                         {"config": {"name": "small_cnn"}, "step_seconds": {"plain_cl": 0.08, "every4_cl": 0.16, "fused": 0.5}}]}
+    bench = {
+        "results": [
+            {"config": {"name": "resnet18"}, "step_seconds": {"plain_cl": 9.0, "every4_cl": 9.0}},
+            {"config": {"name": "small_cnn"}, "step_seconds": {"plain_cl": 0.08, "every4_cl": 0.16, "fused": 0.5}},
+        ]
+    }
     (tmp_path / "bench.json").write_text(json.dumps(bench))
     cost_robustness.main([str(tmp_path / "results.json"), str(tmp_path / "bench.json"), str(tmp_path / "out")])
     table = (tmp_path / "out" / "cost_robustness.md").read_text().splitlines()
@@ -63,7 +77,9 @@ def test_table_and_figure_from_eval_and_bench_reports(tmp_path):
     assert table[3] == "| edlcm_every4 | 2.00 | 70.0 | 50.0 | 5.0 |"
     assert (tmp_path / "out" / "cost_robustness.png").read_bytes().startswith(b"\x89PNG")
     with pytest.raises(SystemExit):  # an eps that was not evaluated
-        cost_robustness.main([str(tmp_path / "results.json"), str(tmp_path / "bench.json"), str(tmp_path / "out"), "--eps", "0.02"])
+        cost_robustness.main(
+            [str(tmp_path / "results.json"), str(tmp_path / "bench.json"), str(tmp_path / "out"), "--eps", "0.02"]
+        )
     del bench["results"][1]["step_seconds"]["every4_cl"]
     (tmp_path / "bench.json").write_text(json.dumps(bench))
     with pytest.raises(ValueError, match=r"no mode \['every4_cl'\]"):
@@ -79,10 +95,12 @@ def test_regularizer_scale_reports_each_terms_weight_gradient():
     for m in models:
         m.zero_grad()
     sum(nn.functional.cross_entropy(m(x), y) for m in models).backward()
-    direct = torch.sqrt(sum((p.grad ** 2).sum() for m in models for p in m.parameters()))
+    direct = torch.sqrt(sum((p.grad**2).sum() for m in models for p in m.parameters()))
     assert mean["grad_ce"] == pytest.approx(float(direct), rel=1e-12)
     # alpha and beta scale their own term's value and gradient, and only theirs; "sum" is B times "mean" for L_r
-    scaled = regularizer_scale.term_gradient_norms(models, x, y, HvpCurvatureLoss(alpha=3.0, beta=2.0, reduction="per_sample"))
+    scaled = regularizer_scale.term_gradient_norms(
+        models, x, y, HvpCurvatureLoss(alpha=3.0, beta=2.0, reduction="per_sample")
+    )
     assert scaled["grad_alpha_l_r"] == pytest.approx(3.0 * 8 * mean["grad_alpha_l_r"], rel=1e-9)
     assert scaled["alpha_l_r"] == pytest.approx(3.0 * 8 * mean["alpha_l_r"], rel=1e-9)
     assert scaled["grad_beta_l_g"] == pytest.approx(4.0 * mean["grad_beta_l_g"], rel=1e-9)
@@ -94,7 +112,9 @@ def test_paper_defaults_reports_a_dominance_warning_and_the_cap():
     """An uncapped, absurd alpha is reported as dominating; the default cap lowers alpha instead."""
     torch.manual_seed(0)
     batches = [(torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(2)]
-    with mock.patch.dict(paper_defaults.SETTINGS, {"absurd": {"max_ratio": None, "alpha": 1e6}, "capped": {"alpha": 1e6}}):
+    with mock.patch.dict(
+        paper_defaults.SETTINGS, {"absurd": {"max_ratio": None, "alpha": 1e6}, "capped": {"alpha": 1e6}}
+    ):
         assert paper_defaults.run("small_cnn", "absurd", batches)["dominance_warning"]
         capped = paper_defaults.run("small_cnn", "capped", batches)
     assert not capped["dominance_warning"] and capped["min_alpha_applied"] < 1e6
@@ -109,4 +129,5 @@ def test_paper_defaults_reports_the_ratio_at_the_first_regularized_step_and_wind
     assert report["steps"] == 5 and len(report["windows"]) == 2  # the 5th step fills no window
     ces = paper_defaults.run("small_cnn", "base", batches, window=1)["windows"]
     assert paper_defaults.run("small_cnn", "base", batches, window=2)["windows"] == pytest.approx(
-        [(ces[0] + ces[1]) / 2, (ces[2] + ces[3]) / 2])
+        [(ces[0] + ces[1]) / 2, (ces[2] + ces[3]) / 2]
+    )

@@ -23,7 +23,7 @@ def _double_backward(model, x):
     """Output, input gradient (create_graph) and parameter gradients of |input gradient|^2: the
     derivative structure of EDLCM's L_r."""
     out = model(x)
-    input_grad, = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
+    (input_grad,) = torch.autograd.grad(out.pow(2).sum(), x, create_graph=True)
     return out, input_grad, torch.autograd.grad(input_grad.pow(2).sum(), list(model.parameters()))
 
 

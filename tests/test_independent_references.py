@@ -40,7 +40,7 @@ def test_softmax_regression_closed_form():
         for model in twins:
             g = sign_direction(input_gradient(model, x).detach())
             u.append(input_gradient(model, x + h * g) - input_gradient(model, x))
-        l_r_sum = sum((um ** 2).sum(dim=1).mean() for um in u)
+        l_r_sum = sum((um**2).sum(dim=1).mean() for um in u)
         l_g = sum(F.cosine_similarity(u[i], u[j], dim=1).mean() for i, j in itertools.combinations(range(3), 2))
         return l_r_sum, l_g, sum(F.cross_entropy(m(x), y) for m in twins)
 
@@ -51,8 +51,9 @@ def test_softmax_regression_closed_form():
         torch.testing.assert_close(terms.l_r, l_r, rtol=1e-12, atol=0)
         torch.testing.assert_close(terms.l_g, l_g, rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(terms.ece, ece, rtol=1e-12, atol=0)
-        assert_grads_close(parameter_grads(models, terms.ece + terms.total),
-                           parameter_grads(twins, ece + alpha * l_r + beta * l_g))
+        assert_grads_close(
+            parameter_grads(models, terms.ece + terms.total), parameter_grads(twins, ece + alpha * l_r + beta * l_g)
+        )
 
 
 def paper_edlcm(models, x, y, alpha, beta, h):
@@ -97,7 +98,7 @@ def softmax_regression_terms(models, x, y, h, max_ratio, alpha, beta):
         g = sign_direction(input_gradient(model, x).detach())
         u.append(input_gradient(model, x + h * g) - input_gradient(model, x))
     ce = sum(F.cross_entropy(m(x), y) for m in models)
-    l_r = sum((um ** 2).sum(dim=1).mean() for um in u)
+    l_r = sum((um**2).sum(dim=1).mean() for um in u)
     l_g = sum(F.cosine_similarity(u[i], u[j], dim=1).mean() for i, j in itertools.combinations(range(len(u)), 2))
     used = min(alpha, max_ratio * ce.item() / l_r.item())
     return ce + used * l_r + beta * l_g, ce, l_r, l_g, used
@@ -111,7 +112,9 @@ def test_default_scale_is_the_per_sample_closed_form_at_h_0_3_for_any_batch_size
     dims, classes = 6, 3
     models = [torch.nn.Linear(dims, classes).double() for _ in range(3)]
     x, y = torch.randn(5, dims, dtype=torch.float64), torch.randint(0, classes, (5,))
-    loss, ce, l_r, l_g, used = softmax_regression_terms(copy.deepcopy(models), x, y, h=0.3, max_ratio=1.0, alpha=1.0, beta=0.01)
+    loss, ce, l_r, l_g, used = softmax_regression_terms(
+        copy.deepcopy(models), x, y, h=0.3, max_ratio=1.0, alpha=1.0, beta=0.01
+    )
     assert used == 1.0  # the cap is not engaged here: this is the plain per-sample scale
     for xs, ys in ((x, y), (torch.cat([x, x]), torch.cat([y, y]))):
         terms = HvpCurvatureLoss().terms(models, xs, ys)

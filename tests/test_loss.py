@@ -32,7 +32,9 @@ def test_parameter_gradients_match_reference_float64(device, train):
         torch.testing.assert_close(getattr(terms, name), getattr(ref, name), rtol=1e-10, atol=1e-12)
     assert terms.l_r > 0 and terms.l_g != 0  # the comparison is not between zeros
 
-    assert_grads_close(parameter_grads(models, terms.ece + terms.total), parameter_grads(reference_models, ref.ece + ref.total))
+    assert_grads_close(
+        parameter_grads(models, terms.ece + terms.total), parameter_grads(reference_models, ref.ece + ref.total)
+    )
     for m, r in zip(models, reference_models):
         for name, buffer in m.named_buffers():
             # Same computation on both sides (native_batch_norm's update) but tolerant of a cuDNN path on CUDA.
@@ -86,8 +88,16 @@ def test_single_member_allowed_without_dispersion_term():
         (lambda m, x, y: (m, x, y.double()), TypeError, "y must be an integer tensor"),
         (lambda m, x, y: (m, x, y + 5), ValueError, r"y: labels must lie in \[0, 5\)"),
         (lambda m, x, y: (m, x, y - 10), ValueError, r"y: labels must lie in \[0, 5\)"),
-        (lambda m, x, y: (m, x.index_put((torch.tensor(0),), torch.tensor(float("nan"), dtype=x.dtype)), y), ValueError, "x contains non-finite"),
-        (lambda m, x, y: (m, x.to("meta"), y), ValueError, "models\\[0\\] is on cpu but x is on meta|y is on cpu but x is on meta"),
+        (
+            lambda m, x, y: (m, x.index_put((torch.tensor(0),), torch.tensor(float("nan"), dtype=x.dtype)), y),
+            ValueError,
+            "x contains non-finite",
+        ),
+        (
+            lambda m, x, y: (m, x.to("meta"), y),
+            ValueError,
+            "models\\[0\\] is on cpu but x is on meta|y is on cpu but x is on meta",
+        ),
     ],
 )
 def test_bad_inputs_raise_errors_naming_the_argument(make_args, error, message):
@@ -112,7 +122,9 @@ def test_logits_of_wrong_shape():
         HvpCurvatureLoss()(models, x, y)
 
 
-@pytest.mark.parametrize("kwargs, name", [({"h": 0.0}, "h"), ({"alpha": float("nan")}, "alpha"), ({"eps": -1.0}, "eps")])
+@pytest.mark.parametrize(
+    "kwargs, name", [({"h": 0.0}, "h"), ({"alpha": float("nan")}, "alpha"), ({"eps": -1.0}, "eps")]
+)
 def test_bad_hyperparameters(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} must be"):
         HvpCurvatureLoss(**kwargs)
@@ -123,7 +135,9 @@ def test_first_order_gradient_matches_exact_in_float64():
     models = [m.eval() for m in ensemble()]
     x, y = batch()
     exact = parameter_grads(models, HvpCurvatureLoss(beta=0.5).terms(models, x, y).total)
-    approx = parameter_grads(models, HvpCurvatureLoss(beta=0.5, gradient="first_order", fd_step=1e-7).terms(models, x, y).total)
+    approx = parameter_grads(
+        models, HvpCurvatureLoss(beta=0.5, gradient="first_order", fd_step=1e-7).terms(models, x, y).total
+    )
     flat = lambda grads: torch.cat([g.flatten() for g in grads])  # noqa: E731
     assert F.cosine_similarity(flat(exact), flat(approx), dim=0) > 0.999999
     assert abs(flat(approx).norm() / flat(exact).norm() - 1) < 1e-3

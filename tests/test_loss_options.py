@@ -100,12 +100,16 @@ def test_every_k_scales_the_regularized_call_and_leaves_exactly_the_ce_on_the_ot
             assert terms.applied
             torch.testing.assert_close(terms.total, k * expected.total, rtol=1e-12, atol=0)
             torch.testing.assert_close(terms.l_r, expected.l_r, rtol=1e-12, atol=0)
-            assert_same_grads(parameter_grads(models, terms.total), parameter_grads(reference_models, k * expected.total))
+            assert_same_grads(
+                parameter_grads(models, terms.total), parameter_grads(reference_models, k * expected.total)
+            )
         else:
             ce = sum(F.cross_entropy(m(x), y) for m in reference_models)
             assert not terms.applied and terms.total.item() == 0 and terms.l_r.item() == 0
             torch.testing.assert_close(terms.ece, ce, rtol=0, atol=0)
-            assert_same_grads(parameter_grads(models, terms.ece + terms.total), parameter_grads(reference_models, ce), rtol=0)
+            assert_same_grads(
+                parameter_grads(models, terms.ece + terms.total), parameter_grads(reference_models, ce), rtol=0
+            )
     assert lazy.calls == 2 * k
 
 
@@ -190,7 +194,9 @@ def test_schedule_state_survives_state_dict():
 def test_dominance_warning_fires_once_for_an_absurd_alpha_and_not_for_the_default():
     models = ensemble()
     x, y = batch()
-    with pytest.warns(RuntimeWarning, match=r"alpha \* L_r .* alpha=1e\+06 and reduction='per_sample'.*max_ratio.*alpha_warmup"):
+    with pytest.warns(
+        RuntimeWarning, match=r"alpha \* L_r .* alpha=1e\+06 and reduction='per_sample'.*max_ratio.*alpha_warmup"
+    ):
         absurd = HvpCurvatureLoss(alpha=1e6, max_ratio=None)
         absurd.terms(models, x, y)
     with warnings.catch_warnings():
@@ -212,9 +218,14 @@ def test_validation_call_under_no_grad_returns_detached_values_and_keeps_the_sch
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"every": 0}, "every"), ({"every": 1.5}, "every"), ({"batch_fraction": 0.0}, "batch_fraction"),
-     ({"batch_fraction": 1.5}, "batch_fraction"), ({"alpha_warmup": -1}, "alpha_warmup"),
-     ({"reduction": "avg"}, "reduction")],
+    [
+        ({"every": 0}, "every"),
+        ({"every": 1.5}, "every"),
+        ({"batch_fraction": 0.0}, "batch_fraction"),
+        ({"batch_fraction": 1.5}, "batch_fraction"),
+        ({"alpha_warmup": -1}, "alpha_warmup"),
+        ({"reduction": "avg"}, "reduction"),
+    ],
 )
 def test_bad_option_values_name_the_option(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} must be"):
@@ -271,7 +282,10 @@ def test_default_terms_do_not_depend_on_the_batch_size(train):
     models = [m.train(train) for m in ensemble()]
     x, y = batch(size=5)
     doubled = (torch.cat([x, x]), torch.cat([y, y]))
-    one, two = HvpCurvatureLoss().terms(copy.deepcopy(models), x, y), HvpCurvatureLoss().terms(copy.deepcopy(models), *doubled)
+    one, two = (
+        HvpCurvatureLoss().terms(copy.deepcopy(models), x, y),
+        HvpCurvatureLoss().terms(copy.deepcopy(models), *doubled),
+    )
     for name in ("ece", "l_r", "l_g", "total"):
         torch.testing.assert_close(getattr(two, name), getattr(one, name), rtol=1e-10, atol=1e-14)
     mean_one = HvpCurvatureLoss(reduction="mean").terms(copy.deepcopy(models), x, y)

@@ -33,10 +33,14 @@ def first_and_second_order(pool, x, *pool_args, seed=1):
     generator = torch.Generator(device=x.device).manual_seed(seed)
     out = pool(x, *pool_args)
     # drawn in float64 and cast, so float32 and float64 runs see the same numbers
-    grad_out = torch.randn(out.shape, generator=generator, device=x.device, dtype=torch.float64).to(x.dtype).requires_grad_(True)
-    grad_input, = torch.autograd.grad(out, x, grad_out, create_graph=True)
+    grad_out = (
+        torch.randn(out.shape, generator=generator, device=x.device, dtype=torch.float64)
+        .to(x.dtype)
+        .requires_grad_(True)
+    )
+    (grad_input,) = torch.autograd.grad(out, x, grad_out, create_graph=True)
     v = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float64).to(x.dtype)
-    grad_grad_out, = torch.autograd.grad((grad_input * v).sum(), grad_out)
+    (grad_grad_out,) = torch.autograd.grad((grad_input * v).sum(), grad_out)
     return out, grad_input, grad_grad_out
 
 
@@ -54,11 +58,15 @@ def test_matches_pytorch_to_second_order_in_both_layouts(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     for x, *pool_args in sample_inputs(device):
-        torch.library.opcheck(torch.ops.edlcm_ext.max_pool2d.default, (x, *[list(a) for a in pool_args[:4]], pool_args[4]))
+        torch.library.opcheck(
+            torch.ops.edlcm_ext.max_pool2d.default, (x, *[list(a) for a in pool_args[:4]], pool_args[4])
+        )
         out, indices = torch.ops.aten.max_pool2d_with_indices.default(x.detach(), *pool_args)
         grad_out = torch.randn_like(out).requires_grad_(True)
-        torch.library.opcheck(torch.ops.edlcm_ext.max_pool2d_input_grad.default,
-                              (grad_out, x.detach(), indices, *[list(a) for a in pool_args[:4]], pool_args[4]))
+        torch.library.opcheck(
+            torch.ops.edlcm_ext.max_pool2d_input_grad.default,
+            (grad_out, x.detach(), indices, *[list(a) for a in pool_args[:4]], pool_args[4]),
+        )
         torch.library.opcheck(torch.ops.edlcm_ext.max_pool2d_gather.default, (torch.randn_like(x.detach()), indices))
 
 
@@ -100,8 +108,8 @@ def test_cuda_gather_asserts_on_an_index_outside_the_plane():
 def test_third_order_raises_clear_error():
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
     grad_out = torch.randn(2, 3, 3, 3, dtype=torch.float64, requires_grad=True)
-    grad_input, = torch.autograd.grad(max_pool2d(x, 2), x, grad_out, create_graph=True)
-    second, = torch.autograd.grad(grad_input.pow(2).sum(), grad_out, create_graph=True)
+    (grad_input,) = torch.autograd.grad(max_pool2d(x, 2), x, grad_out, create_graph=True)
+    (second,) = torch.autograd.grad(grad_input.pow(2).sum(), grad_out, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward of max_pool2d_input_grad is not supported"):
         second.sum().backward()
 
@@ -122,7 +130,12 @@ def test_float32_at_training_sizes(device, channels_last):
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(64, 16, 32, 32, device=device, dtype=torch.float64).contiguous(memory_format=layout)
-    ours = [t.double() for t in first_and_second_order(max_pool2d, x.float().requires_grad_(True), (2, 2), (2, 2), (0, 0), (1, 1), True)]
+    ours = [
+        t.double()
+        for t in first_and_second_order(
+            max_pool2d, x.float().requires_grad_(True), (2, 2), (2, 2), (0, 0), (1, 1), True
+        )
+    ]
     exact = first_and_second_order(F.max_pool2d, x.requires_grad_(True), (2, 2), (2, 2), (0, 0), (1, 1), True)
     for a, b in zip(ours, exact, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

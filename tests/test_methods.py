@@ -26,7 +26,11 @@ def batch():
 def test_loss_is_finite_and_reaches_every_member(name):
     ensemble, (x, y) = small_ensemble(), batch()
     loss, logs = build_method(name).loss(ensemble, x, y)
-    assert loss.dim() == 0 and torch.isfinite(loss) and all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in logs.values())
+    assert (
+        loss.dim() == 0
+        and torch.isfinite(loss)
+        and all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in logs.values())
+    )
     loss.backward()
     for member in ensemble.members:
         assert member.classifier.weight.grad is not None and member.classifier.weight.grad.abs().sum() > 0
@@ -140,7 +144,9 @@ def test_pdd_keep_probabilities_follow_the_rule():
 def test_pdd_masks_follow_the_bin_rule():
     torch.manual_seed(0)
     features = [torch.randn(64, 40) for _ in range(3)]
-    keep_rates = torch.stack([torch.stack(parallel_diversified_dropout_mask(features, 10, 0.9, 0.1)) for _ in range(200)]).mean(0)
+    keep_rates = torch.stack(
+        [torch.stack(parallel_diversified_dropout_mask(features, 10, 0.9, 0.1)) for _ in range(200)]
+    ).mean(0)
     # Every kept probability is either keep_top (0.9) or at most keep_other (0.1).
     assert ((keep_rates > 0.8) | (keep_rates < 0.2)).float().mean() > 0.97
     assert (keep_rates > 0.8).any(dim=2).all()  # each member keeps its own bin for every sample

@@ -25,7 +25,9 @@ def test_residual_blocks_start_as_their_shortcut(arch):
     assert blocks
     seen = []
     for block in blocks:
-        block.register_forward_hook(lambda block, inputs, output: seen.append((output, block.shortcut(inputs[0]).relu())))
+        block.register_forward_hook(
+            lambda block, inputs, output: seen.append((output, block.shortcut(inputs[0]).relu()))
+        )
     for mode in (True, False):
         model.train(mode)
         model(torch.rand(2, 3, 16, 16))

@@ -39,7 +39,9 @@ def test_paper_defaults_train_torchvision_resnet18_without_warning(tmp_path):
     write_jpeg_tree(tmp_path)
     dataset, info = load_dataset("imagefolder", str(tmp_path), train=True)
     assert info.num_classes == CLASSES and info.image_size == SIZE
-    batches = list(DataLoader(dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0)))  # the paper's B
+    batches = list(
+        DataLoader(dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    )  # the paper's B
     torch.manual_seed(0)
     models = [torchvision.models.resnet18(num_classes=CLASSES).train() for _ in range(3)]
     optimizer = torch.optim.SGD([p for m in models for p in m.parameters()], lr=0.02, momentum=0.9)

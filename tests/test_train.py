@@ -1,10 +1,8 @@
 """The trainer: every method for one epoch, resume, non-finite stop, atomic checkpoints, DDP, CLI."""
 
-import dataclasses
 import json
 import os
 import re
-import socket
 from unittest import mock
 
 import pytest
@@ -13,18 +11,26 @@ import torch.multiprocessing as mp
 
 from edlcm_ext import cli as cli_module
 from edlcm_ext import train as train_module
+from edlcm_ext.checkpoint import atomic_save, load_checkpoint
 from edlcm_ext.cli import main as cli_main
+from edlcm_ext.config import TrainConfig
 from edlcm_ext.data import load_dataset
 from edlcm_ext.methods import METHODS, build_method
 from edlcm_ext.models import MODELS
 from edlcm_ext.models.layers import Classifier
-from edlcm_ext.checkpoint import atomic_save, load_checkpoint
-from edlcm_ext.config import TrainConfig
 from edlcm_ext.train import NonFiniteLossError, train
 
 
 def config(tmp_path, **overrides):
-    values = dict(method="base", dataset="digits", epochs=1, out_dir=str(tmp_path / "run"), progress=False, train_subset=256, device="cpu")
+    values = dict(
+        method="base",
+        dataset="digits",
+        epochs=1,
+        out_dir=str(tmp_path / "run"),
+        progress=False,
+        train_subset=256,
+        device="cpu",
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -70,7 +76,11 @@ def test_resume_after_interruption_gives_the_same_weights(tmp_path, method, opti
     uninterrupted = config(tmp_path, method=method, epochs=3, out_dir=str(tmp_path / "full"), method_options=options)
     train(uninterrupted)
     interrupted = config(tmp_path, method=method, epochs=3, out_dir=str(tmp_path / "cut"), method_options=options)
-    with mock.patch.object(train_module, "build_method", lambda name, **kw: InterruptAfter(build_method(name, **kw), 2 * steps_per_epoch + 1)):
+    with mock.patch.object(
+        train_module,
+        "build_method",
+        lambda name, **kw: InterruptAfter(build_method(name, **kw), 2 * steps_per_epoch + 1),
+    ):
         with pytest.raises(KeyboardInterrupt):
             train(interrupted)
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 1  # two epochs done
@@ -114,7 +124,9 @@ class RecordsLayout(InterruptAfter):
 
 def recording_layouts(layouts, calls=-1):
     """The trainer's methods wrapped in RecordsLayout for the duration of the block."""
-    return mock.patch.object(train_module, "build_method", lambda name, **kw: RecordsLayout(build_method(name, **kw), layouts, calls))
+    return mock.patch.object(
+        train_module, "build_method", lambda name, **kw: RecordsLayout(build_method(name, **kw), layouts, calls)
+    )
 
 
 @pytest.mark.parametrize("method", ["base", "edlcm"])
@@ -139,7 +151,9 @@ def test_channels_last_training_is_the_same_training(tmp_path, method):
     # parameter change (9e-3). Momentum lost on resume gives 15%, a layout bug as much as training.
     tolerance = 0.08 * largest_change(contiguous, expected)
     for name in expected:
-        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=tolerance, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            resumed[name], expected[name], rtol=0, atol=tolerance, msg=lambda m, name=name: f"{name}: {m}"
+        )
 
 
 def test_atomic_save_never_leaves_a_partial_file(tmp_path):
@@ -156,12 +170,6 @@ def test_atomic_save_never_leaves_a_partial_file(tmp_path):
     assert os.listdir(tmp_path) == ["state.pt"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def conv_tanh(num_classes, in_channels):
     """A BatchNorm-free member: with per-process BatchNorm statistics no multi-process run can equal a
     single process on the joint batch, without them every term of the loss below is a batch mean."""
@@ -172,7 +180,9 @@ def conv_tanh(num_classes, in_channels):
 # EDLCM under the "per_sample" convention without the cap (whose factor is a ratio of batch means):
 # CE, L_r and L_g are all means of per-sample terms, so averaging the gradients of two half batches
 # must give the gradient of the joint batch exactly (up to rounding).
-SEPARABLE_EDLCM = dict(method="edlcm", arch="conv_tanh", method_options={"reduction": "per_sample", "max_ratio": None}, epochs=2)
+SEPARABLE_EDLCM = dict(
+    method="edlcm", arch="conv_tanh", method_options={"reduction": "per_sample", "max_ratio": None}, epochs=2
+)
 
 
 def largest_change(run, trained):
@@ -182,18 +192,27 @@ def largest_change(run, trained):
     return max((trained[name] - value).abs().max().item() for name, value in initial.named_parameters())
 
 
-def _ddp_worker(rank, world, port, out_dir, result_dir, overrides):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _ddp_worker(rank, world, store, out_dir, result_dir, overrides):
+    """One process of a two-process run. The group meets through a file store, not a port another
+    process could take between choosing and binding it; the trainer then uses the caller's group."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     MODELS.setdefault("conv_tanh", conv_tanh)  # a spawned process imports this module afresh
-    settings = dict(method="edlcm", dataset="digits", epochs=1, train_subset=256, out_dir=out_dir, progress=False, device="cpu")
-    result = train(TrainConfig(**{**settings, **overrides}))
-    torch.save(result.ensemble.state_dict(), os.path.join(result_dir, f"rank{rank}.pt"))
-    torch.distributed.destroy_process_group()
+    torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    settings = dict(
+        method="edlcm", dataset="digits", epochs=1, train_subset=256, out_dir=out_dir, progress=False, device="cpu"
+    )
+    try:
+        result = train(TrainConfig(**{**settings, **overrides}))
+        torch.save(result.ensemble.state_dict(), os.path.join(result_dir, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def _spawn_two_processes(tmp_path, **overrides):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "run"), str(tmp_path), overrides), nprocs=2, join=True)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    store = str(tmp_path / "store")
+    mp.spawn(_ddp_worker, args=(2, store, str(tmp_path / "run"), str(tmp_path), overrides), nprocs=2, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
 
 
@@ -220,8 +239,26 @@ def test_two_processes_train_as_one_process_on_the_joint_batch(tmp_path, monkeyp
 
 
 def test_cli_train_runs_and_reports(tmp_path, capsys):
-    code = cli_main(["train", "--method", "deg", "--dataset", "digits", "--epochs", "1", "--train-subset", "128", "--device", "cpu",
-                     "--out-dir", str(tmp_path / "cli"), "--set", "beta=0.05", "--no-progress"])
+    code = cli_main(
+        [
+            "train",
+            "--method",
+            "deg",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--train-subset",
+            "128",
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(tmp_path / "cli"),
+            "--set",
+            "beta=0.05",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 1
     assert json.loads((tmp_path / "cli" / "config.json").read_text())["method_options"] == {"beta": 0.05}
@@ -233,18 +270,55 @@ def test_torchrun_launches_two_processes(tmp_path):
     import sys
 
     out = tmp_path / "torchrun"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "edlcm_ext", "train",
-               "--method", "base", "--dataset", "digits", "--epochs", "1", "--train-subset", "256", "--device", "cpu",
-               "--out-dir", str(out), "--no-progress"]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "edlcm_ext",
+        "train",
+        "--method",
+        "base",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "256",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(out),
+        "--no-progress",
+    ]
+    completed = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 0
     assert len((out / "log.jsonl").read_text().splitlines()) == 1  # written by rank 0 alone
 
 
 def cli_train(tmp_path, *extra):
-    return cli_main(["train", "--dataset", "digits", "--epochs", "1", "--train-subset", "128", "--device", "cpu",
-                     "--out-dir", str(tmp_path / "cli"), "--no-progress", *extra])
+    return cli_main(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--train-subset",
+            "128",
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(tmp_path / "cli"),
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 def test_cli_train_exits_non_zero_on_a_non_finite_loss(tmp_path, capsys):
@@ -260,9 +334,14 @@ def test_cli_resume_continues_the_run(tmp_path):
     assert [json.loads(line)["epoch"] for line in (tmp_path / "cli" / "log.jsonl").read_text().splitlines()] == [1, 2]
 
 
-@pytest.mark.parametrize("option, message", [("nonsense=1", "has no option nonsense; its options \\(defaults\\): alpha=1.0"),
-                                             ("reduction='avg'", r"reduction must be one of \('per_sample', 'mean'\)"),
-                                             ("every=0", "every must be an integer >= 1")])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("nonsense=1", "has no option nonsense; its options \\(defaults\\): alpha=1.0"),
+        ("reduction='avg'", r"reduction must be one of \('per_sample', 'mean'\)"),
+        ("every=0", "every must be an integer >= 1"),
+    ],
+)
 def test_cli_bad_set_values_get_an_error_naming_them(tmp_path, capsys, option, message):
     assert cli_train(tmp_path, "--method", "edlcm", "--set", option) == 2
     error = capsys.readouterr().err
@@ -270,7 +349,9 @@ def test_cli_bad_set_values_get_an_error_naming_them(tmp_path, capsys, option, m
     assert not (tmp_path / "cli").exists()  # rejected before anything is written
 
 
-@pytest.mark.parametrize("flag, value", [("--method", "magic"), ("--arch", "vit"), ("--dataset", "mnist"), ("--device", "tpu")])
+@pytest.mark.parametrize(
+    "flag, value", [("--method", "magic"), ("--arch", "vit"), ("--dataset", "mnist"), ("--device", "tpu")]
+)
 def test_cli_bad_choices_list_the_valid_ones(tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit) as exit_info:
         cli_train(tmp_path, flag, value)
@@ -283,14 +364,21 @@ def test_cli_demo_end_to_end_and_rerun_from_its_checkpoints(tmp_path, capsys):
     """The README's main job with 1 epoch and short attack budgets: both ensembles train, the table has
     every attack and the per-sample worst case, which no single attack row can be above."""
     args = ["demo", "--epochs", "1", "--out-dir", str(tmp_path), "--no-progress"]
-    with mock.patch.object(cli_module, "DEMO_APGD_ITERATIONS", 5), mock.patch.object(cli_module, "DEMO_SQUARE_QUERIES", 20):
+    with (
+        mock.patch.object(cli_module, "DEMO_APGD_ITERATIONS", 5),
+        mock.patch.object(cli_module, "DEMO_SQUARE_QUERIES", 20),
+    ):
         assert cli_main(args) == 0
         first = capsys.readouterr().out
         for method in cli_module.DEMO_METHODS:
             assert torch.load(tmp_path / method / "checkpoint.pt", weights_only=True)["epoch"] == 0
-        written = {method: (tmp_path / method / "checkpoint.pt").stat().st_mtime_ns for method in cli_module.DEMO_METHODS}
+        written = {
+            method: (tmp_path / method / "checkpoint.pt").stat().st_mtime_ns for method in cli_module.DEMO_METHODS
+        }
         assert cli_main(args) == 0  # finished runs are resumed, not trained again
-        assert written == {method: (tmp_path / method / "checkpoint.pt").stat().st_mtime_ns for method in cli_module.DEMO_METHODS}
+        assert written == {
+            method: (tmp_path / method / "checkpoint.pt").stat().st_mtime_ns for method in cli_module.DEMO_METHODS
+        }
     rows = {}
     for line in first.splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
@@ -302,3 +390,64 @@ def test_cli_demo_end_to_end_and_rerun_from_its_checkpoints(tmp_path, capsys):
         for column in (0, 1):
             assert worst[column] <= min(row[column + 1] for row in attacks), (eps, column)
     assert "| No attack | - |" in first and "training time per epoch: base" in first
+
+
+def _bucketed_average_worker(rank: int, store: str, out: str) -> None:
+    """One of two gloo processes (a file store: no port to race for): per-tensor vs bucketed average."""
+    import torch.distributed as dist
+
+    from edlcm_ext.train import average_across_processes
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        generator = torch.Generator().manual_seed(rank)
+        tensors = [
+            torch.randn(5, 3, generator=generator),
+            torch.randn(2, 4, 3, 3, generator=generator).contiguous(memory_format=torch.channels_last),
+            torch.randn(7, generator=generator, dtype=torch.float64),
+            torch.randn(300, generator=generator),
+        ]
+        expected = [t.clone() for t in tensors]
+        for tensor in expected:  # the per-tensor average, one collective each
+            dist.all_reduce(tensor)
+            tensor.div_(2)
+        average_across_processes(tensors, world=2, cap=256)  # several buckets: dtype change and the cap
+        torch.save(
+            {
+                "got": tensors,
+                "expected": expected,
+                "layout": tensors[1].is_contiguous(memory_format=torch.channels_last),
+            },
+            out,
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_bucketed_gradient_averaging_equals_the_per_tensor_average(tmp_path):
+    processes = [
+        torch.multiprocessing.get_context("spawn").Process(
+            target=_bucketed_average_worker, args=(rank, str(tmp_path / "store"), str(tmp_path / f"rank{rank}.pt"))
+        )
+        for rank in range(2)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    results = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    for result in results:
+        assert result["layout"]  # written back in the tensor's own layout
+        for got, expected in zip(result["got"], result["expected"], strict=True):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    for got0, got1 in zip(results[0]["got"], results[1]["got"], strict=True):
+        assert torch.equal(got0, got1)  # every process holds the same average
+
+
+def test_buckets_split_at_the_cap_and_at_a_dtype_change():
+    from edlcm_ext.train import _buckets
+
+    tensors = [torch.zeros(10), torch.zeros(10), torch.zeros(30), torch.zeros(2, dtype=torch.float64), torch.zeros(1)]
+    sizes = [[t.numel() for t in bucket] for bucket in _buckets(tensors, cap=80)]  # 80 bytes = 20 float32
+    assert sizes == [[10, 10], [30], [2], [1]]

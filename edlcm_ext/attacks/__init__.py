@@ -69,8 +69,14 @@ register = ATTACKS.register
 # case is the headline; "default": those plus the paper's weaker attacks, reported as extra rows.
 PRESETS = {"strong": ("apgd", "apgd-dlr", "square"), "default": ("fgsm", "bim", "pgd", "apgd", "apgd-dlr", "square")}
 # How tables name each attack at its defaults (the paper's PGD is short and weak: say so).
-LABELS = {"fgsm": "FGSM", "bim": "BIM-10", "pgd": "PGD-10 (paper's, weak)", "apgd": "APGD-CE", "apgd-dlr": "APGD-DLR",
-          "square": "Square (black-box, on what the others left)"}
+LABELS = {
+    "fgsm": "FGSM",
+    "bim": "BIM-10",
+    "pgd": "PGD-10 (paper's, weak)",
+    "apgd": "APGD-CE",
+    "apgd-dlr": "APGD-DLR",
+    "square": "Square (black-box, on what the others left)",
+}
 
 
 def expand_attack_names(names) -> list[str]:
@@ -79,7 +85,9 @@ def expand_attack_names(names) -> list[str]:
     for name in names:
         for attack in PRESETS.get(name, (name,)):
             if attack not in ATTACKS:
-                raise ValueError(f"unknown attack {attack!r}; choose from {sorted(ATTACKS)} or a preset {sorted(PRESETS)}")
+                raise ValueError(
+                    f"unknown attack {attack!r}; choose from {sorted(ATTACKS)} or a preset {sorted(PRESETS)}"
+                )
             if attack not in expanded:
                 expanded.append(attack)
     return expanded

@@ -75,8 +75,9 @@ class APGD(Attack):
             improved = loss > best_loss
             x_best[improved], best_loss[improved] = x_adv[improved], loss[improved]
             if iteration in marks:
-                halve = steps_to_halve(increases, iteration - last_mark, self.rho, step, step_at_last_mark, best_loss,
-                                       loss_at_last_mark)
+                halve = steps_to_halve(
+                    increases, iteration - last_mark, self.rho, step, step_at_last_mark, best_loss, loss_at_last_mark
+                )
                 step[halve] /= 2
                 x_adv[halve] = x_best[halve]  # restart the halved samples from their best point
                 if halve.any():  # the gradient at the restarted points

@@ -11,7 +11,9 @@ class PGD(Attack):
     higher loss). Defaults as in PDD's evaluation: 10 steps, step eps/10, one random start.
     """
 
-    def __init__(self, model, eps, steps: int = 10, step_size: float | None = None, random_start: bool = True, restarts: int = 1):
+    def __init__(
+        self, model, eps, steps: int = 10, step_size: float | None = None, random_start: bool = True, restarts: int = 1
+    ):
         super().__init__(model, eps)
         if steps < 1 or restarts < 1:
             raise ValueError(f"steps and restarts must be >= 1, got {steps}, {restarts}")

@@ -46,10 +46,13 @@ class Square(Attack):
             side = min(max(int(round(math.sqrt(fraction * height * width))), 1), height - 1 if height > 1 else 1)
             top = torch.randint(0, height - side + 1, (active.numel(),), device=x.device)
             left = torch.randint(0, width - side + 1, (active.numel(),), device=x.device)
-            window = (((rows[None, :] >= top[:, None]) & (rows[None, :] < (top + side)[:, None]))[:, :, None]
-                      & ((cols[None, :] >= left[:, None]) & (cols[None, :] < (left + side)[:, None]))[:, None, :])
+            window = ((rows[None, :] >= top[:, None]) & (rows[None, :] < (top + side)[:, None]))[:, :, None] & (
+                (cols[None, :] >= left[:, None]) & (cols[None, :] < (left + side)[:, None])
+            )[:, None, :]
             signs = torch.randint(0, 2, (active.numel(), channels, 1, 1), device=x.device, dtype=x.dtype) * 2 - 1
-            candidate = torch.where(window[:, None], self.project(x[active] + self.eps * signs, x[active]), x_best[active])
+            candidate = torch.where(
+                window[:, None], self.project(x[active] + self.eps * signs, x[active]), x_best[active]
+            )
             new_margin = margin(self.model(candidate), y[active])
             better = new_margin < best_margin[active]
             x_best[active[better]] = candidate[better]

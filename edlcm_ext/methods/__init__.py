@@ -24,8 +24,11 @@ class Method:
     @classmethod
     def option_defaults(cls) -> dict[str, object]:
         """The options ``build_method(name, **options)`` accepts (``edlcm train --set``), with defaults."""
-        return {p.name: p.default for p in inspect.signature(cls.__init__).parameters.values()
-                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        return {
+            p.name: p.default
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
 
     def members_needed(self) -> int:
         """The fewest members this method, as configured, can train."""

@@ -1,8 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from . import Method, register
 from ..ensemble import ensemble_cross_entropy
+from . import Method, register
 
 
 @register("adp")
@@ -18,7 +18,9 @@ class ADP(Method):
     name = "adp"
     min_members = 2
 
-    def __init__(self, alpha: float = 2.0, beta: float = 0.5, det_offset: float = 1e-6, log_offset: float = 1e-20) -> None:
+    def __init__(
+        self, alpha: float = 2.0, beta: float = 0.5, det_offset: float = 1e-6, log_offset: float = 1e-20
+    ) -> None:
         self.alpha, self.beta, self.det_offset, self.log_offset = alpha, beta, det_offset, log_offset
 
     def loss(self, ensemble, x, y):

@@ -18,7 +18,11 @@ class EDLCM(Method):
 
     @classmethod
     def option_defaults(cls) -> dict[str, object]:
-        forwarded = {p.name: p.default for p in inspect.signature(HvpCurvatureLoss.__init__).parameters.values() if p.name != "self"}
+        forwarded = {
+            p.name: p.default
+            for p in inspect.signature(HvpCurvatureLoss.__init__).parameters.values()
+            if p.name != "self"
+        }
         return {key: value for key, value in {**forwarded, **super().option_defaults()}.items() if key not in cls.fixed}
 
     def members_needed(self) -> int:
@@ -38,9 +42,11 @@ class EDLCM(Method):
 
     def divergence_hint(self) -> str:
         r = self.regularizer
-        return (f"With alpha={r.alpha}, h={r.h}, reduction={r.reduction!r}, max_ratio={r.max_ratio}, alpha * L_r may swamp "
-                f"the CE (HvpCurvatureLoss warns when it does): keep max_ratio on, lower alpha or h, or set alpha_warmup "
-                f"(docs/defaults.md).")
+        return (
+            f"With alpha={r.alpha}, h={r.h}, reduction={r.reduction!r}, max_ratio={r.max_ratio}, alpha * L_r may swamp "
+            f"the CE (HvpCurvatureLoss warns when it does): keep max_ratio on, lower alpha or h, or set alpha_warmup "
+            f"(docs/defaults.md)."
+        )
 
     def state_dict(self) -> dict:
         return self.regularizer.state_dict()

@@ -5,9 +5,9 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from ..ensemble import ensemble_cross_entropy
 from ..fused import fused_layers
 from . import Method, register
-from ..ensemble import ensemble_cross_entropy
 
 
 def member_input_gradients(ensemble, x, y):

@@ -1,11 +1,13 @@
 import torch
 from torch import Tensor
 
-from . import Method, register
 from ..ensemble import ensemble_cross_entropy
+from . import Method, register
 
 
-def parallel_diversified_dropout_mask(features: list[Tensor], bins: int, keep_top: float, keep_other: float) -> list[Tensor]:
+def parallel_diversified_dropout_mask(
+    features: list[Tensor], bins: int, keep_top: float, keep_other: float
+) -> list[Tensor]:
     """PDD's member-specific dropout masks on the members' penultimate features (each (B, F)).
 
     Per sample, the concatenated features are binned into ``bins`` equal-width bins between their
@@ -26,7 +28,8 @@ def parallel_diversified_dropout_mask(features: list[Tensor], bins: int, keep_to
         span = (concatenated.max(dim=1, keepdim=True).values - low).clamp_min(torch.finfo(concatenated.dtype).tiny)
         bin_index = ((concatenated - low) * bins / span).floor().long().clamp_(0, bins - 1)
         counts = concatenated.new_zeros(concatenated.shape[0], bins).scatter_add_(
-            1, bin_index, torch.ones_like(concatenated))
+            1, bin_index, torch.ones_like(concatenated)
+        )
         assigned = counts.topk(members, dim=1).indices  # (B, members), most populated first
         masks = []
         for member, member_bins in enumerate(bin_index.split(width, dim=1)):

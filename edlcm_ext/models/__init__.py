@@ -3,7 +3,7 @@ so attacks and the regularizer work in pixel units."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -19,8 +19,8 @@ def build_model(
     name: str,
     num_classes: int,
     in_channels: int = 3,
-    mean: Optional[Sequence[float]] = None,
-    std: Optional[Sequence[float]] = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> Classifier:
     """A registered architecture; with mean/std its first layer normalizes [0, 1] inputs."""
     builder = MODELS.lookup(name)

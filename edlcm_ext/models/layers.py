@@ -1,4 +1,4 @@
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +10,9 @@ class Normalize(nn.Module):
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         if mean is None or std is None or len(mean) != len(std) or min(std) <= 0:
-            raise ValueError(f"mean and std must be per-channel sequences of equal length with std > 0, got {mean}, {std}")
+            raise ValueError(
+                f"mean and std must be per-channel sequences of equal length with std > 0, got {mean}, {std}"
+            )
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
