@@ -53,16 +53,10 @@ def still_correct(target: nn.Module, crafted: Crafted) -> Tensor:
 
 
 def attack_flags(
-    model: nn.Module,
-    loader: DataLoader,
-    attack: str,
-    eps: float,
-    device: torch.device,
-    options: dict | None = None,
-    progress: bool = True,
+    model: nn.Module, loader: DataLoader, attack: str, eps: float, device: torch.device, **craft_options
 ) -> Tensor:
     """Per-sample bool: the model resists the white-box attack."""
-    return still_correct(model, craft(model, loader, attack, eps, device, options, progress))
+    return still_correct(model, craft(model, loader, attack, eps, device, **craft_options))
 
 
 # Attacks run, as AutoAttack runs them, only on the samples that every attack before them in the list
@@ -88,13 +82,15 @@ def white_box_flags(
 
         def compute(attack=attack, robust=robust):
             if attack not in ON_SURVIVORS:
-                return attack_flags(model, loader, attack, eps, device, attack_options.get(attack), progress)
+                return attack_flags(
+                    model, loader, attack, eps, device, options=attack_options.get(attack), progress=progress
+                )
             survivors = robust.nonzero().squeeze(1).tolist()
             flags = torch.zeros_like(robust)
             if survivors:
                 subset = DataLoader(Subset(loader.dataset, survivors), batch_size=loader.batch_size)
                 flags[survivors] = attack_flags(
-                    model, subset, attack, eps, device, attack_options.get(attack), progress
+                    model, subset, attack, eps, device, options=attack_options.get(attack), progress=progress
                 )
             return flags
 

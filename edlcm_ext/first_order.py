@@ -16,6 +16,7 @@ the buffers, so only the two passes at x and x + h g update them, as in the exac
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,9 @@ from torch import Tensor, nn
 
 from . import ops
 from .regularizer import CurvatureTerms, sign_direction, terms_from_statistics
+
+if TYPE_CHECKING:
+    from .loss import HvpCurvatureLoss
 
 
 def _input_and_parameter_gradients(model: nn.Module, z: Tensor, y: Tensor, params: list[Tensor]):
@@ -75,21 +79,19 @@ class _State:
 
 
 def first_order_terms(
-    models: Sequence[nn.Module],
-    x: Tensor,
-    y: Tensor,
-    alpha: float,
-    beta: float,
-    h: float,
-    eps: float,
-    step: float,
-    check_logits=None,
-    scale: float = 1.0,
-    max_ratio: float | None = None,
-) -> CurvatureTerms:
-    """CurvatureTerms whose ``total`` back-propagates the finite-difference gradient (``step``: the L2
-    length, in input units per sample, of the difference step; ``scale``: regularizer.l_r_scale;
-    ``max_ratio``: the cap of regularizer.capped_alpha)."""
+    settings: HvpCurvatureLoss, models: Sequence[nn.Module], x: Tensor, y: Tensor, check_logits, scale: float
+):
+    """CurvatureTerms whose ``total`` back-propagates the finite-difference gradient. ``settings`` gives
+    alpha, beta, h, eps, max_ratio and fd_step (the L2 length, in input units per sample, of the
+    difference step); ``scale`` is regularizer.l_r_scale."""
+    alpha, beta, h, eps, max_ratio, step = (
+        settings.alpha,
+        settings.beta,
+        settings.h,
+        settings.eps,
+        settings.max_ratio,
+        settings.fd_step,
+    )
     member_params = [[p for p in m.parameters() if p.requires_grad] for m in models]
     state = _State(list(models), y, step * x.shape[0] ** 0.5, member_params)
     differences, ece, grads_at = [], x.new_zeros(()), []

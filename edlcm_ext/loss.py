@@ -202,9 +202,7 @@ class HvpCurvatureLoss(nn.Module):
 
     def _regularizer_passes(self, models, x, y, check_logits, scale: float) -> CurvatureTerms:
         if self.gradient == "first_order":
-            return first_order_terms(
-                models, x, y, self.alpha, self.beta, self.h, self.eps, self.fd_step, check_logits, scale, self.max_ratio
-            )
+            return first_order_terms(self, models, x, y, check_logits, scale)
         with fused_layers(self.fused_layers):
             u, ece = input_gradient_differences(models, x, y, self.h, check_logits)
         sq_norms, cosines = ops.curvature_stats(u, self.eps)
