@@ -135,6 +135,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"a method option, e.g. --set alpha=1.0 (repeat for several). Options and defaults per method: {options}",
     )
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out-dir")
+    parser.add_argument(
+        "--stop-after",
+        type=POSITIVE_INT,
+        default=None,
+        metavar="EPOCH",
+        help="stop once this many epochs of the --epochs schedule are done; --resume goes on from there",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -194,7 +201,7 @@ def command_train(args: argparse.Namespace) -> int:
         print(f"edlcm train: error: {error}", file=sys.stderr)
         return 2
     try:
-        history = train(config, resume=args.resume).history
+        history = train(config, resume=args.resume, stop_after=args.stop_after).history
     except NonFiniteLossError as error:
         print(f"edlcm train: {error}", file=sys.stderr)
         return 1

@@ -120,8 +120,10 @@ class TrainResult:
     history: list[dict]  # one log record per epoch (on the main process; empty on the others)
 
 
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """Train (or resume) an ensemble, checkpointing every epoch in ``config.out_dir``. Under torchrun,
+def train(config: TrainConfig, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Train (or resume) an ensemble, checkpointing every epoch in ``config.out_dir``. ``stop_after``:
+    return once that many epochs of the config.epochs schedule are done (a later resume goes on from
+    there, as if never stopped), so a driver can record each finished epoch. Under torchrun,
     the process group is set up here unless the caller did, and then also torn down here: a gloo
     group left to the interpreter's exit can abort the process (SIGABRT)."""
     rank, local_rank, world = _distributed()
@@ -130,7 +132,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        result = _train(config, resume, rank, world, device)
+        result = _train(config, resume, rank, world, device, stop_after)
         if owns_group:
             dist.barrier()  # every process is done with the group before any tears it down
         return result
@@ -139,7 +141,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, resume: bool, rank: int, world: int, device: torch.device) -> TrainResult:
+def _train(
+    config: TrainConfig, resume: bool, rank: int, world: int, device: torch.device, stop_after: int | None
+) -> TrainResult:
     distributed = world > 1
     main_process = rank == 0
     os.makedirs(config.out_dir, exist_ok=True)
@@ -188,7 +192,7 @@ def _train(config: TrainConfig, resume: bool, rank: int, world: int, device: tor
         with open(os.path.join(config.out_dir, "config.json"), "w") as out:
             json.dump(dataclasses.asdict(config), out, indent=2)
 
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(start_epoch, min(config.epochs, stop_after or config.epochs)):
         # Per-epoch seeds make an interrupted and resumed run draw the same augmentations and masks.
         torch.manual_seed(config.seed * 1_000_003 + epoch * 1009 + rank)
         sampler.set_epoch(epoch)

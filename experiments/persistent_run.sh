@@ -38,10 +38,15 @@ commit() {  # commit only this run's folder; another git command may hold the in
   return 1
 }
 
-echo "== train $name ($(date -u +%H:%M))"
-$EDLCM train --method "$method" --seed "$seed" --dataset imagefolder --data-dir "$DATA" --arch "$ARCH" --members 3 \
-  --epochs "$EPOCHS" --train-subset "$SUBSET" --channels-last --no-progress --resume "${sets[@]}" --out-dir "$run_dir"
-commit "Record: $name trained ($method, seed $seed, ${*:-defaults}; $ARCH x3, $EPOCHS epochs, subset ${SUBSET}, $(uname -m), $(date -u +%F))"
+# One epoch per call (--stop-after keeps the --epochs schedule), each finished epoch committed.
+done_epochs=$( [ -f "$run_dir/log.jsonl" ] && wc -l < "$run_dir/log.jsonl" || echo 0 )
+for ((epoch = done_epochs + 1; epoch <= EPOCHS; epoch++)); do
+  echo "== train $name epoch $epoch/$EPOCHS ($(date -u +%H:%M))"
+  $EDLCM train --method "$method" --seed "$seed" --dataset imagefolder --data-dir "$DATA" --arch "$ARCH" --members 3 \
+    --epochs "$EPOCHS" --stop-after "$epoch" --train-subset "$SUBSET" --channels-last --no-progress --resume "${sets[@]}" \
+    --out-dir "$run_dir"
+  commit "Record: $name epoch $epoch/$EPOCHS ($method, seed $seed, ${*:-defaults}; $ARCH x3, subset ${SUBSET}, $(uname -m), $(date -u +%F))"
+done
 
 echo "== evaluate $name ($(date -u +%H:%M))"
 $EDLCM eval --checkpoint "$run_dir/checkpoint.pt" --name "$name" --data-dir "$DATA" --attacks default --eps "$EPS" \

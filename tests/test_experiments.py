@@ -131,3 +131,36 @@ def test_paper_defaults_reports_the_ratio_at_the_first_regularized_step_and_wind
     assert paper_defaults.run("small_cnn", "base", batches, window=2)["windows"] == pytest.approx(
         [(ces[0] + ces[1]) / 2, (ces[2] + ces[3]) / 2]
     )
+
+
+def test_persistent_run_trains_one_epoch_per_call_and_resumes_where_it_stopped(tmp_path):
+    """experiments/persistent_run.sh with a stand-in for edlcm: one train call per missing epoch, each
+    with --stop-after and --resume, then one eval call; a rerun trains nothing more."""
+    import subprocess
+
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "edlcm_stub.sh"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$@" >> {calls}\n'
+        'out=""; prev=""; for a in "$@"; do [ "$prev" = --out-dir ] && out=$a; prev=$a; done\n'
+        '[ "$1" = train ] && echo "{}" >> "$out/log.jsonl"\n'
+        "exit 0\n"
+    )
+    stub.chmod(0o755)
+    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "persistent_run.sh")
+    env = {
+        **os.environ,
+        "EDLCM": str(stub),
+        "RESULTS": str(tmp_path / "results"),
+        "EPOCHS": "3",
+        "COMMIT": "0",
+        "DATA": str(tmp_path),
+    }
+    for _ in range(2):
+        subprocess.run(["bash", script, "r", "edlcm", "0", "alpha=2.0"], check=True, env=env, capture_output=True)
+    lines = calls.read_text().splitlines()
+    trains = [line for line in lines if line.startswith("train")]
+    assert [line.split("--stop-after ")[1].split()[0] for line in trains] == ["1", "2", "3"]
+    assert all("--resume" in line and "--set alpha=2.0" in line and "--epochs 3" in line for line in trains)
+    assert sum(line.startswith("eval") for line in lines) == 2  # evaluation reruns read the committed flag cache

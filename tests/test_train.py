@@ -451,3 +451,21 @@ def test_buckets_split_at_the_cap_and_at_a_dtype_change():
     tensors = [torch.zeros(10), torch.zeros(10), torch.zeros(30), torch.zeros(2, dtype=torch.float64), torch.zeros(1)]
     sizes = [[t.numel() for t in bucket] for bucket in _buckets(tensors, cap=80)]  # 80 bytes = 20 float32
     assert sizes == [[10, 10], [30], [2], [1]]
+
+
+def test_stop_after_then_resume_equals_one_uninterrupted_run(tmp_path):
+    """--stop-after keeps the schedule of --epochs: stopping after each epoch and resuming trains the
+    same weights as one run (a driver commits the run's state between the calls)."""
+    straight = train(config(tmp_path / "straight", method="base", epochs=3)).ensemble.state_dict()
+    stepped = config(tmp_path / "stepped", method="base", epochs=3)
+    train(stepped, stop_after=1)
+    assert len((tmp_path / "stepped" / "run" / "log.jsonl").read_text().splitlines()) == 1
+    train(stepped, resume=True, stop_after=2)
+    final = train(stepped, resume=True).ensemble.state_dict()
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "stepped" / "run" / "log.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+    ]
+    for name, value in straight.items():
+        assert torch.equal(final[name], value), name
