@@ -462,7 +462,9 @@ def test_stop_after_then_resume_equals_one_uninterrupted_run(tmp_path):
     assert len((tmp_path / "stepped" / "run" / "log.jsonl").read_text().splitlines()) == 1
     train(stepped, resume=True, stop_after=2)
     final = train(stepped, resume=True).ensemble.state_dict()
-    assert [json.loads(line)["epoch"] for line in (tmp_path / "stepped" / "run" / "log.jsonl").read_text().splitlines()] == [
+    assert [
+        json.loads(line)["epoch"] for line in (tmp_path / "stepped" / "run" / "log.jsonl").read_text().splitlines()
+    ] == [
         1,
         2,
         3,
