@@ -257,3 +257,12 @@ def test_bad_eps_and_inputs_are_rejected(trained):
         build_attack("fgsm", model, 0.1)(x * 2 + 0.1, y)
     with pytest.raises(ValueError, match="attack must be one of"):
         build_attack("cw", model, 0.1)
+
+
+def test_autoattack_without_torchattacks_says_it_is_an_optional_dependency(trained):
+    from unittest import mock
+
+    model, _, _ = trained
+    with mock.patch("importlib.util.find_spec", return_value=None):
+        with pytest.raises(ValueError, match="needs torchattacks"):
+            build_attack("autoattack", model, EPS)

@@ -76,6 +76,7 @@ LABELS = {
     "apgd": "APGD-CE",
     "apgd-dlr": "APGD-DLR",
     "square": "Square (black-box, on what the others left)",
+    "autoattack": "AutoAttack (torchattacks, standard)",
 }
 
 
@@ -97,4 +98,4 @@ def build_attack(name: str, model: nn.Module, eps: float, **options) -> Attack:
     return ATTACKS.lookup(name)(model, eps, **options)
 
 
-from . import apgd, apgd_dlr, fgsm, pgd, square  # noqa: E402,F401  (registers the attacks)
+from . import apgd, apgd_dlr, autoattack, fgsm, pgd, square  # noqa: E402,F401  (registers the attacks)
