@@ -43,7 +43,7 @@ def torchvision_model(name: str) -> torch.nn.Module:
 SETTINGS = {
     "base": None,
     "default": {},
-    "paper_literal": {"reduction": "mean", "h": 0.1, "max_ratio": None},  # the 0.2 default
+    "paper_literal": {"reduction": "mean", "max_ratio": None},  # the 0.2 default
     "uncapped": {"max_ratio": None},
 }
 ARCHITECTURES = {

@@ -35,7 +35,7 @@ BAD_TRAIN = [
     (["--method", "edlcm", "--members", "1"], "--members", "needs >= 2"),
     (["--method", "gal", "--members", "1"], "--members", "needs >= 2"),
     (["--workers", "-1"], "--workers", ">= 0"),
-    (["--set", "nosuchkey=1"], "--set", "alpha=1.0, beta=0.01, h=0.3"),
+    (["--set", "nosuchkey=1"], "--set", "alpha=1.0, beta=0.01, h=0.1"),
     (["--method", "base", "--set", "alpha=2"], "--set", "its options \\(defaults\\): none"),
     (["--set", "h=-1"], "--set", "h must be a positive"),
     (["--dataset", "cifar10", "--data-dir", "/missing"], "--data-dir", "--download"),
@@ -102,7 +102,7 @@ def test_help_shows_defaults_and_each_methods_options(capsys):
         cli_main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 10)" in text and "(default: edlcm)" in text  # epochs, method
-    assert "edlcm: alpha=1.0, beta=0.01, h=0.3" in text and "gal: lam=0.5" in text
+    assert "edlcm: alpha=1.0, beta=0.01, h=0.1" in text and "gal: lam=0.5" in text
     with pytest.raises(SystemExit):
         cli_main(["eval", "--help"])
     assert "digits 0.05,0.1" in " ".join(capsys.readouterr().out.split())
