@@ -57,16 +57,23 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
         ]
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    base_worst = {}
-    if baseline:
-        base_runs = [r for r in runs if r["result"] and r["config"]["method"] == baseline]
-        for e in eps_values:
-            values = [100 * r["result"]["worst"][e]["all"] for r in base_runs if e in r["result"]["worst"]]
-            if values:
-                base_worst[e] = statistics.mean(values)
+    # The baseline a run is compared with: the baseline run of the same seed (training noise moves
+    # clean accuracy by points between seeds), else the mean of the baseline runs.
+    base_runs = [r for r in runs if baseline and r["result"] and r["log"] and r["config"]["method"] == baseline]
+
+    def versus_baseline(run, value, own: float) -> str:
+        if not base_runs or run["config"]["method"] == baseline:
+            return ""
+        values = [value(r) for r in base_runs if r["config"]["seed"] == run["config"]["seed"]]
+        values = [v for v in values or [value(r) for r in base_runs] if v is not None]
+        return f" ({own - statistics.mean(values):+.1f})" if values else ""
+
     for run in runs:
         epochs = f"{len(run['log'])}/{run['config']['epochs']}" if run["config"] else "-"
-        clean10k = f"{100 * run['log'][-1]['test_accuracy']:.1f}" if run["log"] else "-"
+        clean10k = "-"
+        if run["log"]:
+            own = 100 * run["log"][-1]["test_accuracy"]
+            clean10k = f"{own:.1f}" + versus_baseline(run, lambda r: 100 * r["log"][-1]["test_accuracy"], own)
         applied = [r["alpha_applied"] for r in run["log"] if "alpha_applied" in r]
         cells = [run["name"], describe(run["config"], defaults), epochs, clean10k]
         result = run["result"]
@@ -78,13 +85,9 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
                 if e not in result["worst"]:
                     cells.append("-")
                     continue
-                worst = 100 * result["worst"][e]["all"]
-                gain = (
-                    f" ({worst - base_worst[e]:+.1f})"
-                    if e in base_worst and run["config"]["method"] != baseline
-                    else ""
-                )
-                cells.append(f"{worst:.1f}{gain}")
+                own = 100 * result["worst"][e]["all"]
+                worst_of = lambda r, e=e: 100 * r["result"]["worst"][e]["all"] if e in r["result"]["worst"] else None  # noqa: E731
+                cells.append(f"{own:.1f}" + versus_baseline(run, worst_of, own))
             attacks = result["attacks"]
             cells += [
                 f"{100 * attacks[a][eps_headline]['all']:.1f}" if a in attacks else "-"
@@ -95,7 +98,8 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
             cells.append(f"{min(applied):.3g}" if applied else "-")
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
-        f"Worst case: per sample, over every attack run (gains in parentheses against the mean of the {baseline} runs)."
+        f"Worst case: per sample, over every attack run. In parentheses: the difference to the {baseline} run of the "
+        f"same seed (the mean of the {baseline} runs where there is none)."
         if baseline
         else "",
         "alpha applied: the epoch mean of the weight L_r got; below alpha only where the max_ratio cap engaged.",
