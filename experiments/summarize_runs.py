@@ -73,7 +73,10 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
         clean10k = "-"
         if run["log"]:
             own = 100 * run["log"][-1]["test_accuracy"]
-            clean10k = f"{own:.1f}" + versus_baseline(run, lambda r: 100 * r["log"][-1]["test_accuracy"], own)
+            finished = len(run["log"]) == run["config"]["epochs"]  # a run part-way is not compared
+            clean10k = f"{own:.1f}" + (
+                versus_baseline(run, lambda r: 100 * r["log"][-1]["test_accuracy"], own) if finished else ""
+            )
         applied = [r["alpha_applied"] for r in run["log"] if "alpha_applied" in r]
         cells = [run["name"], describe(run["config"], defaults), epochs, clean10k]
         result = run["result"]
