@@ -98,19 +98,23 @@ def test_missing_file_is_named(tmp_path):
         read_checkpoint(str(tmp_path / "nope.pt"))
 
 
-def test_checkpoints_we_write_load_with_weights_only_and_record_the_convention(tmp_path):
-    train(
-        TrainConfig(
-            method="edlcm",
-            dataset="digits",
-            epochs=1,
-            train_subset=128,
-            out_dir=str(tmp_path / "run"),
-            progress=False,
-            device="cpu",
-            method_options={"every": 2},
-        )
+def train_edlcm(out, epochs: int = 1, resume: bool = False, **method_options):
+    """A one-epoch EDLCM run on 128 digits, its checkpoint at out/checkpoint.pt."""
+    config = TrainConfig(
+        method="edlcm",
+        dataset="digits",
+        epochs=epochs,
+        train_subset=128,
+        out_dir=str(out),
+        progress=False,
+        device="cpu",
+        method_options=method_options,
     )
+    return train(config, resume=resume)
+
+
+def test_checkpoints_we_write_load_with_weights_only_and_record_the_convention(tmp_path):
+    train_edlcm(tmp_path / "run", every=2)
     raw = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert raw["format"] == 3 and raw["config"]["method_options"] == {
         "alpha": 1.0,
@@ -126,17 +130,7 @@ def test_checkpoints_we_write_load_with_weights_only_and_record_the_convention(t
 def test_old_format_edlcm_checkpoint_loads_as_the_sum_convention(tmp_path):
     """Format-1 checkpoints (before `reduction` existed) were trained under "sum" (now "per_sample"),
     with h 0.1 and no cap."""
-    train(
-        TrainConfig(
-            method="edlcm",
-            dataset="digits",
-            epochs=1,
-            train_subset=128,
-            out_dir=str(tmp_path / "run"),
-            progress=False,
-            device="cpu",
-        )
-    )
+    train_edlcm(tmp_path / "run")
     path = str(tmp_path / "run" / "checkpoint.pt")
     old = torch.load(path, weights_only=True)
     del old["format"], old["method_state"]
@@ -151,11 +145,7 @@ def test_format_2_checkpoints_load_with_the_options_they_were_trained_with(tmp_p
     """Format 2 recorded only the convention: h was 0.1 and there was no cap then; "sum" is now "per_sample".
     The resumed run trains on with those options, not today's defaults."""
     out = tmp_path / "run"
-    train(
-        TrainConfig(
-            method="edlcm", dataset="digits", epochs=1, train_subset=128, out_dir=str(out), progress=False, device="cpu"
-        )
-    )
+    train_edlcm(out)
     path = str(out / "checkpoint.pt")
     old = torch.load(path, weights_only=True)
     old["format"] = 2
@@ -163,12 +153,7 @@ def test_format_2_checkpoints_load_with_the_options_they_were_trained_with(tmp_p
     atomic_save(old, path)
     _, config, _, _ = load_checkpoint(path)
     assert config.method_options == {"h": 0.1, "max_ratio": None, "reduction": expected}
-    train(
-        TrainConfig(
-            method="edlcm", dataset="digits", epochs=2, train_subset=128, out_dir=str(out), progress=False, device="cpu"
-        ),
-        resume=True,
-    )
+    train_edlcm(out, epochs=2, resume=True)
     resumed = torch.load(path, weights_only=True)
     assert resumed["format"] == 3
     assert resumed["config"]["method_options"] == {

@@ -239,26 +239,7 @@ def test_two_processes_train_as_one_process_on_the_joint_batch(tmp_path, monkeyp
 
 
 def test_cli_train_runs_and_reports(tmp_path, capsys):
-    code = cli_main(
-        [
-            "train",
-            "--method",
-            "deg",
-            "--dataset",
-            "digits",
-            "--epochs",
-            "1",
-            "--train-subset",
-            "128",
-            "--device",
-            "cpu",
-            "--out-dir",
-            str(tmp_path / "cli"),
-            "--set",
-            "beta=0.05",
-            "--no-progress",
-        ]
-    )
+    code = cli_train(tmp_path, "--method", "deg", "--set", "beta=0.05")
     assert code == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 1
     assert json.loads((tmp_path / "cli" / "config.json").read_text())["method_options"] == {"beta": 0.05}
