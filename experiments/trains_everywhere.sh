@@ -5,12 +5,14 @@
 # results/trains_everywhere/, each committed when written; architectures already recorded are
 # skipped, so a rerun on any machine continues. Cheapest first: on 2 CPU cores small_cnn and resnet20
 # take minutes, the torchvision ResNets ~0.5-1 h each (they downsample 32x32 inputs early), vgg16_bn
-# and our resnet18 ~2 h each, resnet34 ~5 h.
+# and our resnet18 ~2 h each, resnet34 ~5 h. REPO: record and commit into another clone (the code pinned
+# in this one, so editing the other does not change a run halfway).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${DATA:-../shared/data/cifar10-jpeg}
+repo=${REPO:-$PWD}
+DATA=${DATA:-$repo/../shared/data/cifar10-jpeg}
 STEPS=${STEPS:-200}
-OUT=results/trains_everywhere
+OUT=$repo/results/trains_everywhere
 mkdir -p "$OUT"
 for arch in ${ARCHS:-small_cnn resnet20 torchvision_resnet18 torchvision_resnet34 vgg16_bn resnet18 resnet34}; do
   record=$OUT/$arch.md
@@ -20,7 +22,8 @@ for arch in ${ARCHS:-small_cnn resnet20 torchvision_resnet18 torchvision_resnet3
     --out "$record.partial" && mv "$record.partial" "$record"
   [ "${COMMIT:-1}" = 1 ] || continue
   for _ in 1 2 3 4 5 6; do  # another run's commit may hold the index for a moment
-    git add -- "$record" && git commit -q -m "Record: $arch, $STEPS steps at the defaults vs Base ($(date -u +%F))" -- "$record" && break
+    git -C "$repo" add -- "$record" &&
+      git -C "$repo" commit -q -m "Record: $arch, $STEPS steps at the defaults vs Base ($(date -u +%F))" -- "$record" && break
     sleep 5
   done
 done
