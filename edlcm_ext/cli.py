@@ -121,6 +121,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--channels-last", action="store_true", help="train in the channels_last layout (faster convolutions)"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the method's loss through torch.compile (CUDA graphs on a GPU): same gradients, fewer launches; "
+        "compiling takes minutes on a CPU (docs/compiled.md)",
+    )
     options = "; ".join(
         f"{name}: " + (", ".join(f"{k}={v!r}" for k, v in cls.option_defaults().items()) or "none")
         for name, cls in sorted(METHODS.items())

@@ -28,6 +28,9 @@ class TrainConfig:
     # Members and batches in channels_last (NHWC): the faster layout for convolutions on CPU (oneDNN)
     # and on GPU tensor cores; the same training up to float rounding, the checkpoint is layout-free.
     channels_last: bool = False
+    # The method's loss through torch.compile (edlcm_ext.compiled): the same gradients as a few
+    # generated kernels (CUDA graphs on a GPU), at a one-off compile cost per run.
+    compile: bool = False
     method_options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
     # Steps between reads of the step logs and the non-finite check (each read is a host sync on a

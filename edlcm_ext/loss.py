@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from .compiled import LazilyCompiled, check_switch, functional_input_gradient_differences
 from .ensemble import ensemble_cross_entropy
 from .first_order import first_order_terms
 from .fused import fused_layers
@@ -78,6 +79,12 @@ class HvpCurvatureLoss(nn.Module):
             cannot resolve (L_r and L_g off by tens of percent against float32: docs/loss.md), so the
             regularizer's passes run in float32 while the caller's other work (and the CE-only calls
             of every=k) keeps autocast.
+        compiled: run the regularizer's passes (and the CE-only calls of every=k) through
+            torch.compile, the input gradients taken with torch.func (:mod:`edlcm_ext.compiled`):
+            the same loss and gradients as the exact path, as a few generated kernels (on CUDA
+            replayed as CUDA graphs). True: torch.compile's defaults per device; a dict: torch.compile's
+            keyword arguments. Compiles on the first call and again for a new batch shape or a
+            train/eval switch. The labels' range is then checked by cross-entropy itself, not here.
 
     Training calls (grad mode on) advance the schedule of ``every`` and ``alpha_warmup``; its state is
     in ``state_dict()``, so it survives a checkpoint. Under ``torch.no_grad()`` (a validation loop) the
@@ -102,6 +109,7 @@ class HvpCurvatureLoss(nn.Module):
         fd_step: float = 1e-2,
         check_inputs: bool = True,
         autocast_regularizer: bool = False,
+        compiled: bool | dict = False,
     ) -> None:
         super().__init__()
         for name, value in (("alpha", alpha), ("beta", beta)):
@@ -111,6 +119,9 @@ class HvpCurvatureLoss(nn.Module):
             raise ValueError(f"gradient must be 'exact' or 'first_order', got {gradient!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        check_switch("compiled", compiled)
+        if compiled is not False and gradient != "exact":
+            raise ValueError(f"compiled applies to gradient='exact', got gradient={gradient!r}")
         for name, value in (("h", h), ("eps", eps), ("fd_step", fd_step)) + (
             (("max_ratio", max_ratio),) if max_ratio is not None else ()
         ):
@@ -136,6 +147,7 @@ class HvpCurvatureLoss(nn.Module):
             check_inputs,
         )
         self.autocast_regularizer = autocast_regularizer
+        self.compiled = compiled
         self.max_ratio = None if max_ratio is None else float(max_ratio)
         self.calls = 0  # training calls so far: the clock of `every` and `alpha_warmup`
         self._regularized_calls = 0
@@ -145,8 +157,19 @@ class HvpCurvatureLoss(nn.Module):
         return (
             f"alpha={self.alpha}, beta={self.beta}, h={self.h}, eps={self.eps}, reduction={self.reduction!r}, max_ratio={self.max_ratio}, "
             f"every={self.every}, batch_fraction={self.batch_fraction}, alpha_warmup={self.alpha_warmup}, "
-            f"fused_layers={self.fused_layers}, gradient={self.gradient!r}"
+            f"fused_layers={self.fused_layers}, gradient={self.gradient!r}, compiled={self.compiled!r}"
         )
+
+    @property
+    def compiled(self) -> bool | dict:
+        return self._compiled_option
+
+    @compiled.setter
+    def compiled(self, option: bool | dict) -> None:
+        check_switch("compiled", option)
+        self._compiled_option = option
+        self._compiled_passes = LazilyCompiled(self._functional_passes, option) if option is not False else None
+        self._compiled_cross_entropy = LazilyCompiled(members_cross_entropy, option) if option is not False else None
 
     def get_extra_state(self) -> dict:
         return {"calls": self.calls, "regularized_calls": self._regularized_calls, "warned": self._warned}
@@ -180,12 +203,12 @@ class HvpCurvatureLoss(nn.Module):
         self.calls += 1
         if weight == 0:
             zero = x.new_zeros(())
-            ece = members_cross_entropy(models, x, y, check_logits) if need_ece else zero
+            ece = self._members_cross_entropy(models, x, y, check_logits) if need_ece else zero
             return CurvatureTerms(total=zero.requires_grad_(), ece=ece, l_r=zero, l_g=zero, applied=False)
         rows = math.ceil(self.batch_fraction * x.shape[0])
         if rows < x.shape[0]:
             chosen = torch.randperm(x.shape[0], device=x.device)[:rows]
-            ece = members_cross_entropy(models, x, y, check_logits) if need_ece else None
+            ece = self._members_cross_entropy(models, x, y, check_logits) if need_ece else None
             terms = self._regularizer(models, x[chosen], y[chosen], check_logits=None, scale=scale)
             terms = terms._replace(ece=terms.ece if ece is None else ece)
         else:
@@ -199,11 +222,27 @@ class HvpCurvatureLoss(nn.Module):
         ):
             return self._regularizer_passes(models, x, y, check_logits, scale)
 
+    def _members_cross_entropy(self, models, x, y, check_logits) -> Tensor:
+        if self._compiled_cross_entropy is not None:
+            return self._compiled_cross_entropy(models, x, y)
+        return members_cross_entropy(models, x, y, check_logits)
+
     def _regularizer_passes(self, models, x, y, check_logits, scale: float) -> CurvatureTerms:
         if self.gradient == "first_order":
             return first_order_terms(self, models, x, y, check_logits, scale)
+        if self._compiled_passes is not None:
+            return self._compiled_passes(models, x, y, scale)
         with fused_layers(self.fused_layers):
             u, ece = input_gradient_differences(models, x, y, self.h, check_logits)
+        return self._combine(u, ece, scale)
+
+    def _functional_passes(self, models, x, y, scale: float) -> CurvatureTerms:
+        """The exact path's terms with the input gradients taken by torch.func, for torch.compile."""
+        u, ece = functional_input_gradient_differences(models, x, y, self.h)
+        return self._combine(u, ece, scale)
+
+    def _combine(self, u: Tensor, ece: Tensor, scale: float) -> CurvatureTerms:
+        """L_r and L_g (eqs 9-10) from u, combined with L_ece as in eq 11."""
         sq_norms, cosines = ops.curvature_stats(u, self.eps)
         return terms_from_statistics(sq_norms, cosines, ece, self.alpha, self.beta, scale, self.max_ratio)
 

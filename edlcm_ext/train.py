@@ -169,6 +169,8 @@ def _train(
     layout = torch.channels_last if config.channels_last else torch.preserve_format
     ensemble = build_ensemble(config, info).to(device, memory_format=layout)
     method = build_method(config.method, **config.method_options)
+    if config.compile:
+        method.use_compiled()
     config = dataclasses.replace(config, method_options={**method.recorded_options(), **config.method_options})
     parameters = list(ensemble.parameters())
     optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)

@@ -11,6 +11,7 @@ import inspect
 
 from torch import Tensor
 
+from ..compiled import LazilyCompiled, check_switch
 from ..ensemble import Ensemble
 from ..registry import Registry
 
@@ -36,6 +37,14 @@ class Method:
 
     def loss(self, ensemble: Ensemble, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+    def use_compiled(self, option: bool | dict = True) -> None:
+        """Run this method's loss through torch.compile from now on (``edlcm train --compile``;
+        :mod:`edlcm_ext.compiled`): True for torch.compile's defaults per device, or a dict of its
+        keyword arguments. Methods whose loss holds input gradients take them with torch.func."""
+        check_switch("compile", option)
+        if option is not False:
+            self.loss = LazilyCompiled(self.loss, option)
 
     def recorded_options(self) -> dict:
         """Options that define the run, written into the checkpoint's config even when defaulted, so

@@ -23,7 +23,13 @@ class EDLCM(Method):
             for p in inspect.signature(HvpCurvatureLoss.__init__).parameters.values()
             if p.name != "self"
         }
-        return {key: value for key, value in {**forwarded, **super().option_defaults()}.items() if key not in cls.fixed}
+        # compiled is the trainer's --compile (Method.use_compiled), one switch for every method
+        options = {**forwarded, **super().option_defaults()}
+        return {key: value for key, value in options.items() if key not in cls.fixed and key != "compiled"}
+
+    def use_compiled(self, option: bool | dict = True) -> None:
+        # Only the regularizer's passes: its every/warm-up schedule is Python state, kept out of the graph.
+        self.regularizer.compiled = option
 
     def members_needed(self) -> int:
         return 2 if self.regularizer.beta != 0 else 1  # L_g compares members

@@ -5,14 +5,19 @@ import itertools
 import torch
 import torch.nn.functional as F
 
+from ..compiled import functional_input_gradient
 from ..ensemble import ensemble_cross_entropy
 from ..fused import fused_layers
 from . import Method, register
 
 
-def member_input_gradients(ensemble, x, y):
-    """Members' logits at x and their input gradients of CE, kept in the graph (double backprop,
-    through edlcm_ext's fused layers: the same gradients as PyTorch's, faster)."""
+def member_input_gradients(ensemble, x, y, functional: bool = False):
+    """L_ece at x and the members' input gradients of their CE, kept in the graph (double backprop).
+    Eager: autograd.grad with create_graph through edlcm_ext's fused layers (the same gradients as
+    PyTorch's, faster); functional: torch.func, which torch.compile can trace (edlcm_ext.compiled)."""
+    if functional:
+        gradients, ce_sums = zip(*(functional_input_gradient(member, x, y) for member in ensemble.members))
+        return sum(ce_sums) / x.shape[0], [gradient.flatten(1) for gradient in gradients]
     x = x.detach().requires_grad_(True)
     with fused_layers():
         member_logits = ensemble.member_logits(x)
@@ -20,7 +25,7 @@ def member_input_gradients(ensemble, x, y):
             torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x, create_graph=True)[0].flatten(1)
             for logits in member_logits
         ]
-    return member_logits, gradients
+    return ensemble_cross_entropy(member_logits, y), gradients
 
 
 def pairwise_cosines(gradients):
@@ -36,13 +41,17 @@ class InputGradientDiversity(Method):
 
     def __init__(self, weight: float) -> None:
         self.weight = weight
+        self.functional = False  # input gradients by torch.func (set by use_compiled)
+
+    def use_compiled(self, option: bool | dict = True) -> None:
+        self.functional = True  # torch.compile cannot differentiate autograd.grad's graph again
+        super().use_compiled(option)
 
     def penalty(self, cosines: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def loss(self, ensemble, x, y):
-        member_logits, gradients = member_input_gradients(ensemble, x, y)
-        ce = ensemble_cross_entropy(member_logits, y)
+        ce, gradients = member_input_gradients(ensemble, x, y, self.functional)
         penalty = self.penalty(pairwise_cosines(gradients))
         return ce + self.weight * penalty, {"ce": ce, self.log_name: penalty}
 
