@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import edlcm_ext
+from edlcm_ext.compiled import LazilyCompiled
 from edlcm_ext.ensemble import Ensemble
 from edlcm_ext.methods import METHODS, build_method
 from edlcm_ext.models import build_model
@@ -25,6 +26,9 @@ class Mode:
     every: int = 1
     batch_fraction: float = 1.0
     method: str = ""  # with loss="method": a name from edlcm_ext.methods
+    # the loss through torch.compile (edlcm_ext.compiled): "inductor" (generated kernels) or "graphed"
+    # (the same, replayed as CUDA graphs: mode="reduce-overhead", CUDA only)
+    compiled: str = ""
 
 
 BASE_MODES = {
@@ -42,8 +46,12 @@ AMP_MODES = ("plain", "fused", "every4")
 OTHER_METHODS = tuple(name for name in sorted(METHODS) if name not in ("base", "edlcm"))
 
 
-def mode_table(amp: bool, methods: bool = False) -> dict[str, Mode]:
+def mode_table(amp: bool, methods: bool = False, compiled: bool = False, graphed: bool = False) -> dict[str, Mode]:
     modes = dict(BASE_MODES)
+    if compiled:
+        modes.update({name: mode for name, mode in COMPILED_MODES.items() if mode.compiled == "inductor"})
+    if graphed:
+        modes.update({name: mode for name, mode in COMPILED_MODES.items() if mode.compiled == "graphed"})
     for name in LAYOUT_MODES:
         modes[f"{name}_cl"] = dataclass_replace(BASE_MODES[name], channels_last=True)
     if methods:
@@ -55,6 +63,14 @@ def mode_table(amp: bool, methods: bool = False) -> dict[str, Mode]:
             modes[f"{name}_cl_amp"] = dataclass_replace(BASE_MODES[name], amp=True, channels_last=True)
     return modes
 
+
+# The compiled path (bench/step.py --compiled): plain and EDLCM alike, in the faster layout.
+COMPILED_MODES = {
+    f"{prefix}{kind}_cl": Mode(loss, channels_last=True, every=every, compiled=kind.replace("compiled", "inductor"))
+    for prefix, loss, every in (("plain_", "plain", 1), ("", "fused", 1), ("every4_", "fused", 4))
+    for kind in ("compiled", "graphed")
+}
+COMPILE_OPTIONS = {"inductor": {}, "graphed": {"mode": "reduce-overhead"}}
 
 MODES = mode_table(amp=False)
 
@@ -74,6 +90,8 @@ CONFIGS = {
     "resnet18": Config("resnet18", "resnet18", members=3, classes=100, batch=64),
     # Almost no arithmetic: a step's time is its host overhead (Python, dispatcher, autograd engine),
     # which is what bounds the GPU step at batch 64 (bench/results/step_2026-11-26_cuda_*).
+    "resnet18_b128": Config("resnet18-b128", "resnet18", members=3, classes=100, batch=128),
+    "small_cnn_b128": Config("small_cnn-b128", "small_cnn", members=3, classes=10, batch=128),
     "overhead": Config("overhead", "small_cnn", members=3, classes=10, batch=2, image=16),
 }
 # --quick keeps both architectures but shrinks ResNet-18's batch to fit a minute on 2 CPU cores.
@@ -110,16 +128,22 @@ def make_step(mode: Mode, models: list[torch.nn.Module], foreach: bool | None = 
         gradient="first_order" if mode.loss == "first_order" else "exact",
         every=mode.every,
         batch_fraction=mode.batch_fraction,
+        compiled=COMPILE_OPTIONS[mode.compiled] if mode.compiled and mode.loss == "fused" else False,
     )
 
     method = build_method(mode.method) if mode.loss == "method" else None
     ensemble = Ensemble(models)
 
+    def plain_loss(x, y):
+        return sum(F.cross_entropy(m(x), y) for m in models)
+
+    compiled_plain_loss = LazilyCompiled(plain_loss, COMPILE_OPTIONS[mode.compiled]) if mode.compiled else plain_loss
+
     def loss_of(x, y):
         if method is not None:
             return method.loss(ensemble, x, y)[0]
         if mode.loss == "plain":
-            return sum(F.cross_entropy(m(x), y) for m in models)
+            return compiled_plain_loss(x, y)
         if mode.loss == "reference":  # the same loss as the regularizer's, in plain PyTorch
             r = regularizer
             terms = edlcm_terms(models, x, y, r.alpha, r.beta, r.h, r.reduction, r.max_ratio)
