@@ -48,6 +48,8 @@ for ((epoch = done_epochs + 1; epoch <= EPOCHS; epoch++)); do
   commit "Record: $name epoch $epoch/$EPOCHS ($method, seed $seed, ${*:-defaults}; $ARCH x3, subset ${SUBSET}, $(uname -m), $(date -u +%F))"
 done
 
+# Evaluated already and trained no further: nothing to do (a finished run costs nothing on a rerun).
+if [ "$done_epochs" -ge "$EPOCHS" ] && [ -f "$run_dir/eval/results.json" ]; then exit 0; fi
 echo "== evaluate $name ($(date -u +%H:%M))"
 $EDLCM eval --checkpoint "$run_dir/checkpoint.pt" --name "$name" --data-dir "$DATA" --attacks default --eps "$EPS" \
   --max-samples "$SAMPLES" --curvature "$CURVATURE" --out-dir "$run_dir/eval" --cache-dir "$run_dir/eval/flags" --no-progress \

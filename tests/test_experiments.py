@@ -135,7 +135,8 @@ def test_paper_defaults_reports_the_ratio_at_the_first_regularized_step_and_wind
 
 def test_persistent_run_trains_one_epoch_per_call_and_resumes_where_it_stopped(tmp_path):
     """experiments/persistent_run.sh with a stand-in for edlcm: one train call per missing epoch, each
-    with --stop-after and --resume, then one eval call; a rerun trains nothing more."""
+    with --stop-after and --resume, then the eval call; a rerun trains nothing more, evaluates again
+    only while no results.json was written (an interrupted evaluation), and then does nothing."""
     import subprocess
 
     calls = tmp_path / "calls.txt"
@@ -145,6 +146,7 @@ def test_persistent_run_trains_one_epoch_per_call_and_resumes_where_it_stopped(t
         f'echo "$@" >> {calls}\n'
         'out=""; prev=""; for a in "$@"; do [ "$prev" = --out-dir ] && out=$a; prev=$a; done\n'
         '[ "$1" = train ] && echo "{}" >> "$out/log.jsonl"\n'
+        '[ "$1" = eval ] && [ ! -f "$out/../interrupt" ] && echo "{}" > "$out/results.json"\n'
         "exit 0\n"
     )
     stub.chmod(0o755)
@@ -157,10 +159,13 @@ def test_persistent_run_trains_one_epoch_per_call_and_resumes_where_it_stopped(t
         "COMMIT": "0",
         "DATA": str(tmp_path),
     }
-    for _ in range(2):
+    (tmp_path / "results" / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "results" / "runs" / "r" / "interrupt").touch()  # the first evaluation writes no results
+    for _ in range(3):
         subprocess.run(["bash", script, "r", "edlcm", "0", "alpha=2.0"], check=True, env=env, capture_output=True)
+        (tmp_path / "results" / "runs" / "r" / "interrupt").unlink(missing_ok=True)
     lines = calls.read_text().splitlines()
     trains = [line for line in lines if line.startswith("train")]
     assert [line.split("--stop-after ")[1].split()[0] for line in trains] == ["1", "2", "3"]
     assert all("--resume" in line and "--set alpha=2.0" in line and "--epochs 3" in line for line in trains)
-    assert sum(line.startswith("eval") for line in lines) == 2  # evaluation reruns read the committed flag cache
+    assert sum(line.startswith("eval") for line in lines) == 2
