@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import CUDA_SKIP_REASON, batch, ensemble, parameter_grads
+from torch._dynamo.utils import counters
 
 from edlcm_ext import HvpCurvatureLoss, compiled
 from edlcm_ext.config import TrainConfig
@@ -24,6 +25,21 @@ pytestmark = pytest.mark.skipif(
     not torch._dynamo.is_dynamo_supported(), reason="torch.compile is not supported with this Python and torch"
 )
 TRACE_ONLY = {"backend": "aot_eager"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiler():
+    """Each test compiles from scratch (no cache entry of an earlier test, no recompile limit hit,
+    which would fall back to eager silently) and then checks what Dynamo did."""
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+
+
+def assert_compiled_whole():
+    """Dynamo compiled at least one graph and broke none: what ran was compiled, not eager."""
+    assert counters["stats"]["unique_graphs"] > 0
+    assert not counters["graph_break"], dict(counters["graph_break"])
 
 
 def state(models):
@@ -86,6 +102,7 @@ def test_compiled_loss_matches_the_reference(options, train_mode):
         parameter_grads(models, terms.ece + terms.total), parameter_grads(twin, expected.ece + expected.total)
     )
     assert_states_equal(models, twin)
+    assert_compiled_whole()
 
 
 @pytest.mark.parametrize(
@@ -109,6 +126,7 @@ def test_compiled_amortized_options_follow_the_eager_schedule(options):
             parameter_grads(models, ours.ece + ours.total), parameter_grads(twin, theirs.ece + theirs.total)
         )
     assert fast.state_dict() == eager.state_dict()
+    assert_compiled_whole()
 
 
 def test_inductor_compiled_loss_matches_the_reference():
@@ -125,6 +143,7 @@ def test_inductor_compiled_loss_matches_the_reference():
         parameter_grads(twin, expected.ece + expected.total),
         rtol=1e-9,
     )
+    assert_compiled_whole()
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -143,6 +162,7 @@ def test_every_method_compiled_matches_its_eager_loss(name):
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-14)
     assert_close_all(parameter_grads(ours.members, loss), parameter_grads(theirs.members, expected))
     assert "ce" in logs
+    assert_compiled_whole()
 
 
 def test_train_with_compile_follows_the_eager_run(tmp_path, monkeypatch):
@@ -162,6 +182,7 @@ def test_train_with_compile_follows_the_eager_run(tmp_path, monkeypatch):
         runs[flag] = train(config).history[0]
     for key in ("loss", "ce", "l_r", "l_g"):
         assert runs[True][key] == pytest.approx(runs[False][key], rel=1e-4), key
+    assert_compiled_whole()
 
 
 def test_compile_switch_errors_name_the_argument():

@@ -1,5 +1,4 @@
 import torch
-import torch.nn.functional as F
 
 from ..ensemble import ensemble_cross_entropy
 from . import Method, register
@@ -30,8 +29,11 @@ class ADP(Method):
         mean_probability = probabilities.mean(dim=1)
         entropy = -(mean_probability * (mean_probability + self.log_offset).log()).sum(dim=1).mean()
         batch, members, classes = probabilities.shape
-        keep = ~F.one_hot(y, classes).bool()  # drop the true class
-        non_maximal = probabilities[keep.unsqueeze(1).expand_as(probabilities)].view(batch, members, classes - 1)
+        # Drop the true class by gathering the other L-1 classes in order (a fixed shape, unlike a
+        # boolean mask, so torch.compile keeps the loss in one graph).
+        others = torch.arange(classes - 1, device=y.device).expand(batch, -1)
+        others = others + (others >= y.unsqueeze(1)).long()
+        non_maximal = probabilities.gather(2, others.unsqueeze(1).expand(batch, members, classes - 1))
         non_maximal = non_maximal / non_maximal.norm(dim=2, keepdim=True)
         gram = non_maximal @ non_maximal.transpose(1, 2)
         eye = torch.eye(members, dtype=gram.dtype, device=gram.device)
