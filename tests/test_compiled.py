@@ -129,6 +129,36 @@ def test_compiled_amortized_options_follow_the_eager_schedule(options):
     assert_compiled_whole()
 
 
+class DataDependentMember(torch.nn.Module):
+    """A member Dynamo cannot trace whole: a Python branch on a tensor's value (a graph break)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+        self.head = torch.nn.Linear(4, 5)
+
+    def forward(self, x):
+        features = self.body(x)
+        if features.sum().item() >= 0:  # always true after ReLU; Dynamo must leave the graph to know
+            features = features * 2.0
+        return self.head(features.mean(dim=(2, 3)))
+
+
+def test_a_member_dynamo_cannot_trace_falls_back_to_correct_eager_pieces():
+    """The documented fallback: a graph break in a member costs the speed-up, not correctness."""
+    models = [DataDependentMember().double() for _ in range(2)]
+    twin = copy.deepcopy(models)
+    x, y = batch()
+    loss = HvpCurvatureLoss(compiled=TRACE_ONLY)
+    terms = loss.terms(models, x, y)
+    expected = edlcm_terms(twin, x, y, loss.alpha, loss.beta, loss.h, loss.reduction, loss.max_ratio)
+    torch.testing.assert_close(terms.total, expected.total, rtol=1e-10, atol=1e-14)
+    assert_close_all(
+        parameter_grads(models, terms.ece + terms.total), parameter_grads(twin, expected.ece + expected.total)
+    )
+    assert counters["graph_break"]  # the fallback did happen
+
+
 def test_inductor_compiled_loss_matches_the_reference():
     """The default switch (Inductor's generated C++ on the CPU), float64."""
     models = ensemble(members=2)
