@@ -57,6 +57,21 @@ def assert_close_all(ours, expected, rtol=1e-10):
         torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * max(1.0, b.abs().max().item()))
 
 
+def assert_matches_reference(models, loss: HvpCurvatureLoss, rtol=1e-10):
+    """loss.terms on ``models`` against edlcm_ext.reference on a copy of them, float64: the terms, the
+    parameter gradients and the BatchNorm running statistics."""
+    twin = copy.deepcopy(models)
+    x, y = batch()
+    terms = loss.terms(models, x, y)
+    expected = edlcm_terms(twin, x, y, loss.alpha, loss.beta, loss.h, loss.reduction, loss.max_ratio)
+    for name in ("ece", "l_r", "l_g", "total", "alpha_applied"):
+        torch.testing.assert_close(getattr(terms, name), getattr(expected, name), rtol=rtol, atol=1e-14)
+    assert_close_all(
+        parameter_grads(models, terms.ece + terms.total), parameter_grads(twin, expected.ece + expected.total), rtol
+    )
+    assert_states_equal(models, twin)
+
+
 def test_functional_input_gradient_differences_match_double_backprop_written_here():
     """u and L_ece, and the parameter gradient of |u|^2, from torch.func equal create_graph autograd."""
     models = ensemble(members=2)
@@ -90,18 +105,9 @@ def test_functional_input_gradient_differences_match_double_backprop_written_her
 def test_compiled_loss_matches_the_reference(options, train_mode):
     """Terms, parameter gradients and BatchNorm running statistics of the compiled loss against
     edlcm_ext.reference, float64."""
-    models = [m.train(train_mode) for m in ensemble()]
-    twin = copy.deepcopy(models)
-    x, y = batch()
-    loss = HvpCurvatureLoss(compiled=TRACE_ONLY, **options)
-    terms = loss.terms(models, x, y)
-    expected = edlcm_terms(twin, x, y, loss.alpha, loss.beta, loss.h, loss.reduction, loss.max_ratio)
-    for name in ("ece", "l_r", "l_g", "total", "alpha_applied"):
-        torch.testing.assert_close(getattr(terms, name), getattr(expected, name), rtol=1e-10, atol=1e-14)
-    assert_close_all(
-        parameter_grads(models, terms.ece + terms.total), parameter_grads(twin, expected.ece + expected.total)
+    assert_matches_reference(
+        [m.train(train_mode) for m in ensemble()], HvpCurvatureLoss(compiled=TRACE_ONLY, **options)
     )
-    assert_states_equal(models, twin)
     assert_compiled_whole()
 
 
@@ -146,33 +152,13 @@ class DataDependentMember(torch.nn.Module):
 
 def test_a_member_dynamo_cannot_trace_falls_back_to_correct_eager_pieces():
     """The documented fallback: a graph break in a member costs the speed-up, not correctness."""
-    models = [DataDependentMember().double() for _ in range(2)]
-    twin = copy.deepcopy(models)
-    x, y = batch()
-    loss = HvpCurvatureLoss(compiled=TRACE_ONLY)
-    terms = loss.terms(models, x, y)
-    expected = edlcm_terms(twin, x, y, loss.alpha, loss.beta, loss.h, loss.reduction, loss.max_ratio)
-    torch.testing.assert_close(terms.total, expected.total, rtol=1e-10, atol=1e-14)
-    assert_close_all(
-        parameter_grads(models, terms.ece + terms.total), parameter_grads(twin, expected.ece + expected.total)
-    )
+    assert_matches_reference([DataDependentMember().double() for _ in range(2)], HvpCurvatureLoss(compiled=TRACE_ONLY))
     assert counters["graph_break"]  # the fallback did happen
 
 
 def test_inductor_compiled_loss_matches_the_reference():
     """The default switch (Inductor's generated C++ on the CPU), float64."""
-    models = ensemble(members=2)
-    twin = copy.deepcopy(models)
-    x, y = batch()
-    loss = HvpCurvatureLoss(compiled=True)
-    terms = loss.terms(models, x, y)
-    expected = edlcm_terms(twin, x, y, loss.alpha, loss.beta, loss.h, loss.reduction, loss.max_ratio)
-    torch.testing.assert_close(terms.total, expected.total, rtol=1e-9, atol=1e-14)
-    assert_close_all(
-        parameter_grads(models, terms.ece + terms.total),
-        parameter_grads(twin, expected.ece + expected.total),
-        rtol=1e-9,
-    )
+    assert_matches_reference(ensemble(members=2), HvpCurvatureLoss(compiled=True), rtol=1e-9)
     assert_compiled_whole()
 
 
