@@ -73,6 +73,14 @@ COMPILED_MODES = {
 COMPILE_OPTIONS = {"inductor": {}, "graphed": {"mode": "reduce-overhead"}}
 
 MODES = mode_table(amp=False)
+ALL_MODES = mode_table(amp=True, methods=True, compiled=True, graphed=True)  # what --modes may name
+# EDLCM's exact modes and the pure-PyTorch reference in the same layout, timed against each other
+REFERENCE_OF = {
+    "fused": "reference",
+    "fused_cl": "reference_cl",
+    "compiled_cl": "reference_cl",
+    "graphed_cl": "reference_cl",
+}
 
 
 @dataclass(frozen=True)
@@ -88,10 +96,10 @@ class Config:
 CONFIGS = {
     "small_cnn": Config("small_cnn", "small_cnn", members=3, classes=10, batch=64),
     "resnet18": Config("resnet18", "resnet18", members=3, classes=100, batch=64),
-    # Almost no arithmetic: a step's time is its host overhead (Python, dispatcher, autograd engine),
-    # which is what bounds the GPU step at batch 64 (bench/results/step_2026-11-26_cuda_*).
     "resnet18_b128": Config("resnet18-b128", "resnet18", members=3, classes=100, batch=128),
     "small_cnn_b128": Config("small_cnn-b128", "small_cnn", members=3, classes=10, batch=128),
+    # Almost no arithmetic: a step's time is its host overhead (Python, dispatcher, autograd engine),
+    # which is what bounds the GPU step at batch 64 (bench/results/step_2026-11-26_cuda_*).
     "overhead": Config("overhead", "small_cnn", members=3, classes=10, batch=2, image=16),
 }
 # --quick keeps both architectures but shrinks ResNet-18's batch to fit a minute on 2 CPU cores.

@@ -41,8 +41,10 @@ from dataclasses import asdict
 
 import torch
 from harness import (
+    ALL_MODES,
     CONFIGS,
     QUICK_CONFIGS,
+    REFERENCE_OF,
     Config,
     Mode,
     make_batch,
@@ -164,8 +166,7 @@ def run(args) -> dict:
     repeats, warmup = (3, 1) if args.quick else (args.repeats, 2)
     modes = mode_table(args.amp, args.methods, args.compiled, graphed=args.compiled and device.type == "cuda")
     if args.modes:
-        every_mode = mode_table(amp=True, methods=True, compiled=True, graphed=True)
-        modes = {name: every_mode[name] for name in args.modes.split(",")}
+        modes = {name: ALL_MODES[name] for name in args.modes.split(",")}
     report = {"machine": machine_description(device), "quick": args.quick, "results": []}
     for name in args.configs.split(","):
         config = configs[name]
@@ -182,11 +183,10 @@ def run(args) -> dict:
             },
             "best_plain": best_plain,
             "over_best_plain": {name: t / times[best_plain] for name, t in times.items()},
-            # EDLCM's exact modes against the pure-PyTorch reference in the same layout
             "over_reference": {
-                name: times["reference_cl" if name.endswith("_cl") else "reference"] / times[name]
-                for name in ("fused", "fused_cl", "compiled_cl", "graphed_cl")
-                if name in times and ("reference_cl" if name.endswith("_cl") else "reference") in times
+                name: times[reference] / times[name]
+                for name, reference in REFERENCE_OF.items()
+                if name in times and reference in times
             },
         }
         if not args.no_memory:
@@ -266,9 +266,7 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"--configs: unknown {sorted(unknown)}; choose from {sorted(CONFIGS)}")
     if args.modes:
-        unknown_modes = set(args.modes.split(",")) - set(
-            mode_table(amp=True, methods=True, compiled=True, graphed=True)
-        )
+        unknown_modes = set(args.modes.split(",")) - set(ALL_MODES)
         if unknown_modes:
             parser.error(f"--modes: unknown {sorted(unknown_modes)}")
     report = run(args)

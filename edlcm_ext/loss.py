@@ -168,8 +168,10 @@ class HvpCurvatureLoss(nn.Module):
     def compiled(self, option: bool | dict) -> None:
         check_switch("compiled", option)
         self._compiled_option = option
-        self._compiled_passes = LazilyCompiled(self._functional_passes, option) if option is not False else None
-        self._compiled_cross_entropy = LazilyCompiled(members_cross_entropy, option) if option is not False else None
+        self._compiled_passes = self._compiled_cross_entropy = None
+        if option is not False:
+            self._compiled_passes = LazilyCompiled(self._functional_passes, option)
+            self._compiled_cross_entropy = LazilyCompiled(members_cross_entropy, option)
 
     def get_extra_state(self) -> dict:
         return {"calls": self.calls, "regularized_calls": self._regularized_calls, "warned": self._warned}

@@ -1,6 +1,9 @@
 import pytest
 import torch
 
+from edlcm_ext.config import TrainConfig
+from edlcm_ext.train import train
+
 CUDA_SKIP_REASON = "CUDA kernels need a GPU; none is visible on this machine"
 
 DEVICES = [
@@ -42,3 +45,19 @@ def batch(size: int = 6, classes: int = 5, dtype=torch.float64, device="cpu", hw
 def parameter_grads(models, loss):
     """d loss / d every parameter of every member, in order."""
     return torch.autograd.grad(loss, [p for m in models for p in m.parameters()])
+
+
+def train_edlcm(out, epochs: int = 1, resume: bool = False, compile: bool = False, **method_options):
+    """An EDLCM run on 128 digits, its checkpoint at out/checkpoint.pt."""
+    config = TrainConfig(
+        method="edlcm",
+        dataset="digits",
+        epochs=epochs,
+        train_subset=128,
+        out_dir=str(out),
+        progress=False,
+        device="cpu",
+        compile=compile,
+        method_options=method_options,
+    )
+    return train(config, resume=resume)

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from conftest import train_edlcm
 
 from edlcm_ext.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_data_file, read_checkpoint
 from edlcm_ext.cli import main as cli_main
@@ -96,21 +97,6 @@ def test_files_that_are_not_our_checkpoints_get_one_clear_error(tmp_path, conten
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="nope.pt: no such file"):
         read_checkpoint(str(tmp_path / "nope.pt"))
-
-
-def train_edlcm(out, epochs: int = 1, resume: bool = False, **method_options):
-    """A one-epoch EDLCM run on 128 digits, its checkpoint at out/checkpoint.pt."""
-    config = TrainConfig(
-        method="edlcm",
-        dataset="digits",
-        epochs=epochs,
-        train_subset=128,
-        out_dir=str(out),
-        progress=False,
-        device="cpu",
-        method_options=method_options,
-    )
-    return train(config, resume=resume)
 
 
 def test_checkpoints_we_write_load_with_weights_only_and_record_the_convention(tmp_path):

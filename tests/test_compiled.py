@@ -10,16 +10,14 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CUDA_SKIP_REASON, batch, ensemble, parameter_grads
+from conftest import CUDA_SKIP_REASON, batch, ensemble, parameter_grads, train_edlcm
 from torch._dynamo.utils import counters
 
 from edlcm_ext import HvpCurvatureLoss, compiled
-from edlcm_ext.config import TrainConfig
 from edlcm_ext.ensemble import Ensemble
 from edlcm_ext.methods import METHODS, build_method
 from edlcm_ext.models import build_model
 from edlcm_ext.reference import edlcm_terms
-from edlcm_ext.train import train
 
 pytestmark = pytest.mark.skipif(
     not torch._dynamo.is_dynamo_supported(), reason="torch.compile is not supported with this Python and torch"
@@ -184,18 +182,7 @@ def test_every_method_compiled_matches_its_eager_loss(name):
 def test_train_with_compile_follows_the_eager_run(tmp_path, monkeypatch):
     """TrainConfig.compile (edlcm train --compile): one epoch of EDLCM logs the same losses as eager."""
     monkeypatch.setitem(compiled.DEFAULT_OPTIONS, "cpu", TRACE_ONLY)
-    runs = {}
-    for flag in (False, True):
-        config = TrainConfig(
-            dataset="digits",
-            epochs=1,
-            train_subset=128,
-            out_dir=str(tmp_path / str(flag)),
-            progress=False,
-            device="cpu",
-            compile=flag,
-        )
-        runs[flag] = train(config).history[0]
+    runs = {flag: train_edlcm(tmp_path / str(flag), compile=flag).history[0] for flag in (False, True)}
     for key in ("loss", "ce", "l_r", "l_g"):
         assert runs[True][key] == pytest.approx(runs[False][key], rel=1e-4), key
     assert_compiled_whole()
