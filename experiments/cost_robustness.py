@@ -49,13 +49,23 @@ def run_config(checkpoint: str) -> dict:
         return json.load(config)
 
 
-def cost_table(results: dict, step_seconds: dict, base: str) -> dict[str, float]:
-    """Cost per run relative to the run named ``base``, from its bench mode's step time."""
-    modes = {name: bench_mode(run_config(result["checkpoint"])) for name, result in results.items()}
-    missing = sorted({mode for mode in modes.values() if mode not in step_seconds})
+def step_seconds(bench_json: str, config: str) -> dict[str, float]:
+    """Step seconds per bench mode of one configuration of a bench/step.py report (KeyError if absent)."""
+    with open(bench_json) as report:
+        rows = [row for row in json.load(report)["results"] if row["config"]["name"] == config]
+    if not rows:
+        raise KeyError(f"{bench_json} has no {config!r} configuration")
+    return rows[0]["step_seconds"]
+
+
+def cost_table(configs: dict[str, dict], seconds: dict[str, float], base: str) -> dict[str, float]:
+    """Cost per run (its config.json by name) relative to the run named ``base``, from the step
+    ``seconds`` of its bench mode."""
+    modes = {name: bench_mode(config) for name, config in configs.items()}
+    missing = sorted({mode for mode in modes.values() if mode not in seconds})
     if missing:
         raise ValueError(f"the bench report has no mode {missing}: rerun bench/step.py --methods with them")
-    return {name: step_seconds[mode] / step_seconds[modes[base]] for name, mode in modes.items()}
+    return {name: seconds[mode] / seconds[modes[base]] for name, mode in modes.items()}
 
 
 def write_report(results: dict, costs: dict, eps_values: list[str], out_dir: str) -> None:
@@ -93,16 +103,17 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     with open(args.results_json) as report:
         results = json.load(report)["results"]
-    with open(args.bench_json) as report:
-        rows = [row for row in json.load(report)["results"] if row["config"]["name"] == args.config]
-    if not rows:
-        parser.error(f"{args.bench_json} has no {args.config!r} configuration")
+    try:
+        seconds = step_seconds(args.bench_json, args.config)
+    except KeyError as missing:
+        parser.error(missing.args[0])
     eps_values = args.eps.split(",")
     unknown = [e for e in eps_values if any(e not in result["worst"] for result in results.values())]
     if unknown:
         parser.error(f"--eps {unknown} not evaluated for every run")
     os.makedirs(args.out_dir, exist_ok=True)
-    write_report(results, cost_table(results, rows[0]["step_seconds"], args.base), eps_values, args.out_dir)
+    configs = {name: run_config(result["checkpoint"]) for name, result in results.items()}
+    write_report(results, cost_table(configs, seconds, args.base), eps_values, args.out_dir)
 
 
 if __name__ == "__main__":

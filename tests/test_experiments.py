@@ -1,9 +1,11 @@
 """experiments/: cost_robustness.py (each run's cost from the bench mode its config names),
-regularizer_scale.py (weight-gradient norms of eq 11's terms) and paper_defaults.py (first steps)."""
+evidence_report.py (the evidence page from committed runs), regularizer_scale.py (weight-gradient
+norms of eq 11's terms) and paper_defaults.py (first steps)."""
 
 import importlib.util
 import json
 import os
+import shutil
 from unittest import mock
 
 import pytest
@@ -23,6 +25,7 @@ def load_script(name: str):
 
 
 cost_robustness = load_script("cost_robustness")
+evidence_report = load_script("evidence_report")
 regularizer_scale = load_script("regularizer_scale")
 paper_defaults = load_script("paper_defaults")
 
@@ -169,3 +172,73 @@ def test_persistent_run_trains_one_epoch_per_call_and_resumes_where_it_stopped(t
     assert [line.split("--stop-after ")[1].split()[0] for line in trains] == ["1", "2", "3"]
     assert all("--resume" in line and "--set alpha=2.0" in line and "--epochs 3" in line for line in trains)
     assert sum(line.startswith("eval") for line in lines) == 2
+
+
+def write_run(folder, method: str, epochs_done: int, clean: float, pgd: dict | None, samples: int = 1000):
+    """A run's committed state as persistent_run.sh leaves it: config, log and (if pgd) eval results."""
+    folder.mkdir(parents=True)
+    config = {"method": method, "seed": 0, "epochs": 2, "channels_last": True, "method_options": {}}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "log.jsonl").write_text("".join(json.dumps({"test_accuracy": clean}) + "\n" for _ in range(epochs_done)))
+    if pgd is not None:
+        by_eps = {eps: {"all": value} for eps, value in pgd.items()}
+        result = {"samples": samples, "clean": clean, "attacks": {"pgd": by_eps}, "worst": by_eps}
+        (folder / "eval").mkdir()
+        (folder / "eval" / "results.json").write_text(json.dumps({"results": {folder.name: result}}))
+
+
+def test_evidence_report_sets_ours_beside_the_papers_table_ii_and_lists_unfinished_runs(tmp_path):
+    runs = tmp_path / "results" / "runs"
+    # EDLCM beats every other method under PGD at 0.005 but DEG beats it at 0.01 (rank 2); pdd is one
+    # epoch short, so it is not compared and no rank can be given; gal was never started.
+    pgd = {"base": (0.30, 0.10), "deg": (0.20, 0.50), "adp": (0.35, 0.12), "edlcm": (0.40, 0.20)}
+    for name, (low, high) in pgd.items():
+        write_run(runs / name, name, 2, 0.5, {"0.005": low, "0.01": high})
+    write_run(runs / "pdd", "pdd", 1, 0.5, None)
+    runs_file = tmp_path / "planned.runs"
+    runs_file.write_text("# comment\nbase base 0\nedlcm edlcm 0\ndeg deg 0\nadp adp 0\npdd pdd 0\ngal gal 0 lam=1\n")
+    page = tmp_path / "docs" / "results.md"
+    page.parent.mkdir()
+    page.write_text(f"# Results\nhand-written\n{evidence_report.BEGIN}\nstale\n{evidence_report.END}\nafter\n")
+    bench = {"results": [{"config": {"name": "small_cnn"}, "step_seconds": {"plain_cl": 0.1, "fused_cl": 0.5}}]}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    arguments = ["--results", str(tmp_path / "results"), "--runs-file", str(runs_file), "--page", str(page)]
+    arguments += ["--bench", str(tmp_path / "bench.json"), "--eps", "0.005,0.01", "--headline", "0.01"]
+    with pytest.raises(ValueError, match="the bench report has no mode"):  # deg and adp have no bench mode here
+        evidence_report.main(arguments)
+    bench["results"][0]["step_seconds"].update(deg_cl=0.2, adp_cl=0.3)
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    evidence_report.main(arguments)
+    text = page.read_text()
+    assert text.startswith("# Results\nhand-written\n") and text.endswith(f"{evidence_report.END}\nafter\n")
+    assert "stale" not in text
+    table = (tmp_path / "results" / "table_ii.md").read_text().splitlines()
+    # ours (paper) per method, in the paper's order base, deg, adp, pdd, edlcm; EDLCM's rank: ours (paper)
+    assert (
+        "| PGD-10 (paper's, weak) | 0.005 | 30.0 (70.6) | 20.0 (36.7) | 35.0 (77.4) | - (80.1) | 40.0 (91.6) | - (1) |"
+        in table
+    )
+    assert table[0].startswith("| Attack | eps | base: ours (paper)")
+    shutil.rmtree(runs / "pdd")  # pdd finishes: now every row has a rank
+    write_run(runs / "pdd", "pdd", 2, 0.5, {"0.005": 0.25, "0.01": 0.15})
+    bench["results"][0]["step_seconds"]["pdd_cl"] = 0.15
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    evidence_report.main(arguments)
+    table = (tmp_path / "results" / "table_ii.md").read_text().splitlines()
+    assert (
+        "| PGD-10 (paper's, weak) | 0.005 | 30.0 (70.6) | 20.0 (36.7) | 35.0 (77.4) | 25.0 (80.1) | 40.0 (91.6) | 1 (1) |"
+        in table
+    )
+    assert (
+        "| PGD-10 (paper's, weak) | 0.01 | 10.0 (36.2) | 50.0 (6.8) | 12.0 (59.1) | 15.0 (60.1) | 20.0 (79.3) | 2 (1) |"
+        in table
+    )
+    text = page.read_text()
+    assert "Finished and evaluated: 5 of 6 planned runs" in text and "Not finished, so not compared: gal." in text
+    assert "in 1 of the 2 attacked rows the paper also reports (the paper: 2 of 2)" in text
+    assert "worst case at eps 0.01 20.0% against 10.0% (+10.0)" in text
+    assert "| gal | not started |" in (tmp_path / "results" / "table.md").read_text()
+    assert "| edlcm | 5.00 | 50.0 | 40.0 | 20.0 |" in (tmp_path / "results" / "cost_robustness.md").read_text()
+    page.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="--page .* needs one"):
+        evidence_report.main(arguments)
