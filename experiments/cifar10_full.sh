@@ -9,6 +9,7 @@
 # it on any machine, and it continues. Runs go in priority order. On 2 CPU cores an EDLCM run takes
 # ~1 h 45 min of training and ~30 min of evaluation, a Base run ~30 + 30 min: ~20 h in all.
 #   nohup bash experiments/cifar10_full.sh > cifar10_full.log 2>&1 &
+#   ATTACKS=default,autoattack bash experiments/cifar10_full.sh   # then torchattacks' AutoAttack row too
 #   python experiments/evidence_report.py   # tables, figure and docs/results.md from the committed runs
 set -euo pipefail
 cd "$(dirname "$0")/.."

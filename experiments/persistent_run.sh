@@ -18,6 +18,9 @@ EPOCHS=${EPOCHS:-20}
 SUBSET=${SUBSET:-0}      # >0: a fixed random subset of N training images
 SAMPLES=${SAMPLES:-500}  # fixed random test images attacked
 EPS=${EPS:-0.005,0.01,0.02}
+# default,autoattack adds torchattacks' AutoAttack row (an optional dependency; hours per run on a CPU):
+# a run evaluated with fewer attacks is evaluated again, and only the new attack runs (the flags cache).
+ATTACKS=${ATTACKS:-default}
 CURVATURE=${CURVATURE:-200}
 COMMIT=${COMMIT:-1}
 EDLCM=${EDLCM:-python -m edlcm_ext}  # the trainer/evaluator to run (a pinned copy of the code, say)
@@ -48,10 +51,15 @@ for ((epoch = done_epochs + 1; epoch <= EPOCHS; epoch++)); do
   commit "Record: $name epoch $epoch/$EPOCHS ($method, seed $seed, ${*:-defaults}; $ARCH x3, subset ${SUBSET}, $(uname -m), $(date -u +%F))"
 done
 
-# Evaluated already and trained no further: nothing to do (a finished run costs nothing on a rerun).
-if [ "$done_epochs" -ge "$EPOCHS" ] && [ -f "$run_dir/eval/results.json" ]; then exit 0; fi
+# Evaluated already, with these attacks, and trained no further: nothing to do (a finished run costs
+# nothing on a rerun). eval/attacks.txt names the attacks of results.json ("default" if it is missing).
+evaluated_with=$(cat "$run_dir/eval/attacks.txt" 2>/dev/null || echo default)
+if [ "$done_epochs" -ge "$EPOCHS" ] && [ -f "$run_dir/eval/results.json" ] && [ "$evaluated_with" = "$ATTACKS" ]; then
+  exit 0
+fi
 echo "== evaluate $name ($(date -u +%H:%M))"
-$EDLCM eval --checkpoint "$run_dir/checkpoint.pt" --name "$name" --data-dir "$DATA" --attacks default --eps "$EPS" \
+$EDLCM eval --checkpoint "$run_dir/checkpoint.pt" --name "$name" --data-dir "$DATA" --attacks "$ATTACKS" --eps "$EPS" \
   --max-samples "$SAMPLES" --curvature "$CURVATURE" --out-dir "$run_dir/eval" --cache-dir "$run_dir/eval/flags" --no-progress \
   > "$run_dir/eval/stdout.txt" 2>&1 || { cat "$run_dir/eval/stdout.txt" >&2; exit 1; }
-commit "Record: $name evaluated (worst case over six attacks on $SAMPLES test images at eps $EPS, $(date -u +%F))"
+echo "$ATTACKS" > "$run_dir/eval/attacks.txt"
+commit "Record: $name evaluated (worst case over attacks $ATTACKS on $SAMPLES test images at eps $EPS, $(date -u +%F))"

@@ -139,7 +139,8 @@ def test_paper_defaults_reports_the_ratio_at_the_first_regularized_step_and_wind
 def test_persistent_run_trains_one_epoch_per_call_and_resumes_where_it_stopped(tmp_path):
     """experiments/persistent_run.sh with a stand-in for edlcm: one train call per missing epoch, each
     with --stop-after and --resume, then the eval call; a rerun trains nothing more, evaluates again
-    only while no results.json was written (an interrupted evaluation), and then does nothing."""
+    only while no results.json was written (an interrupted evaluation) or more attacks are asked for,
+    and then does nothing."""
     import subprocess
 
     calls = tmp_path / "calls.txt"
@@ -172,6 +173,12 @@ def test_persistent_run_trains_one_epoch_per_call_and_resumes_where_it_stopped(t
     assert [line.split("--stop-after ")[1].split()[0] for line in trains] == ["1", "2", "3"]
     assert all("--resume" in line and "--set alpha=2.0" in line and "--epochs 3" in line for line in trains)
     assert sum(line.startswith("eval") for line in lines) == 2
+    # asked for one attack more (the AutoAttack row): evaluated once more, with it; then left alone
+    for _ in range(2):
+        env["ATTACKS"] = "default,autoattack"
+        subprocess.run(["bash", script, "r", "edlcm", "0", "alpha=2.0"], check=True, env=env, capture_output=True)
+    evals = [line for line in calls.read_text().splitlines() if line.startswith("eval")]
+    assert len(evals) == 3 and "--attacks default " in evals[1] and "--attacks default,autoattack " in evals[2]
 
 
 def write_run(folder, method: str, epochs_done: int, clean: float, pgd: dict | None, samples: int = 1000):
