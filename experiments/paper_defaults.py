@@ -45,6 +45,7 @@ SETTINGS = {
     "default": {},
     "paper_literal": {"reduction": "mean", "max_ratio": None},  # the 0.2 default
     "uncapped": {"max_ratio": None},
+    "cap0.1": {"max_ratio": 0.1},  # a candidate: the regularizer held to a tenth of the CE
 }
 ARCHITECTURES = {
     "torchvision_resnet18": functools.partial(torchvision_model, "resnet18"),
