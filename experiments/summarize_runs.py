@@ -32,6 +32,11 @@ def read_run(folder: str) -> dict:
     return run
 
 
+def trained(run: dict) -> bool:
+    """Trained to its last epoch: a run part-way is not compared."""
+    return bool(run["log"]) and len(run["log"]) == run["config"]["epochs"]
+
+
 def describe(config: dict | None, defaults: dict) -> str:
     if config is None:
         return "not started"
@@ -73,9 +78,8 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
         clean10k = "-"
         if run["log"]:
             own = 100 * run["log"][-1]["test_accuracy"]
-            finished = len(run["log"]) == run["config"]["epochs"]  # a run part-way is not compared
             clean10k = f"{own:.1f}" + (
-                versus_baseline(run, lambda r: 100 * r["log"][-1]["test_accuracy"], own) if finished else ""
+                versus_baseline(run, lambda r: 100 * r["log"][-1]["test_accuracy"], own) if trained(run) else ""
             )
         applied = [r["alpha_applied"] for r in run["log"] if "alpha_applied" in r]
         cells = [run["name"], describe(run["config"], defaults), epochs, clean10k]
