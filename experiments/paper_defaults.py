@@ -5,7 +5,10 @@ ours and torchvision's resnet18/resnet34 at their own init, as a user would drop
 Prints (and with --out writes) a Markdown table: sum of the members' CE over the first 5, the last 10
 and the last 20 steps (chance = 3 ln 10 = 6.9), the largest CE, alpha * L_r / CE at the regularizer's
 first step (before any cap), the smallest alpha the max_ratio cap applied, whether the dominance
-warning fired, NaN or not, and the mean CE of each window of --window steps (progress on stderr).
+warning fired, NaN or not, the mean CE of each window of --window steps (progress on stderr), and the
+default regularizer's uncapped alpha * L_r / CE at the weights of a few steps (PROBE_STEPS), whatever
+the setting trains with: it shows how long a model's input curvature stays far above the CE (Base
+training removes torchvision resnet34's init spike within about ten steps).
 
     python experiments/paper_defaults.py --data-dir ../shared/data/cifar10-jpeg --steps 200 --settings base,default \
         --arch torchvision_resnet18 --out results/trains_everywhere/torchvision_resnet18.md
@@ -47,6 +50,8 @@ SETTINGS = {
     "uncapped": {"max_ratio": None},
     "cap0.1": {"max_ratio": 0.1},  # a candidate: the regularizer held to a tenth of the CE
 }
+# Steps (before their update) at which run() probes the default's uncapped alpha * L_r / CE; and the last.
+PROBE_STEPS = (0, 5, 10, 20, 50, 100)
 ARCHITECTURES = {
     "torchvision_resnet18": functools.partial(torchvision_model, "resnet18"),
     "torchvision_resnet34": functools.partial(torchvision_model, "resnet34"),
@@ -56,6 +61,15 @@ ARCHITECTURES = {
         for name in ("resnet20", "resnet18", "resnet34", "vgg16_bn", "small_cnn")
     },
 }
+
+
+def default_ratio(models: list, x: torch.Tensor, y: torch.Tensor) -> float:
+    """alpha * L_r / CE of HvpCurvatureLoss's defaults without the cap, at these weights (no step taken;
+    members stay in train mode, whose outputs do not depend on the BatchNorm statistics this updates)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its dominance warning is the measurement, not the run's
+        terms = HvpCurvatureLoss(max_ratio=None).terms(models, x, y)
+    return float(terms.alpha_applied * terms.l_r.detach() / terms.ece.detach())
 
 
 def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int = 0, window: int = 20) -> dict:
@@ -69,11 +83,16 @@ def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int
         if options is None
         else HvpCurvatureLoss(**{"alpha": 1.0, "beta": 0.01, "alpha_warmup": alpha_warmup, **options})
     )
-    ces, windows, ratio, applied, started = [], [], None, [], time.perf_counter()
+    ces, windows, ratio, applied, probes, probing = [], [], None, [], {}, 0.0
+    started = time.perf_counter()
     caught = warnings.catch_warnings(record=True)
     warned = caught.__enter__()
     warnings.simplefilter("always")
-    for x, y in batches:
+    for step, (x, y) in enumerate(batches):
+        if step in PROBE_STEPS or step == len(batches) - 1:
+            probe_started = time.perf_counter()
+            probes[step] = default_ratio(models, x, y)
+            probing += time.perf_counter() - probe_started  # not the setting's cost
         optimizer.zero_grad()
         if regularizer is None:
             ce = ensemble_cross_entropy([m(x) for m in models], y)
@@ -109,7 +128,8 @@ def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int
         "dominance_warning": dominance,
         "windows": windows,
         "nan_at": None if finite else len(ces),
-        "seconds": time.perf_counter() - started,
+        "probes": probes,
+        "seconds": time.perf_counter() - started - probing,
     }
 
 
@@ -142,8 +162,9 @@ def main() -> None:
         + ". CE = sum of the 3 members' batch-mean CE (chance 6.91).",
         "",
         f"| arch | setting | CE first 5 | CE last 10 | CE last 20 | CE max | alpha·L_r / CE at first regularized step (uncapped) "
-        f"| smallest alpha applied | dominance warning | NaN at step | s/step | mean CE per {args.window} steps |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| smallest alpha applied | dominance warning | NaN at step | s/step | mean CE per {args.window} steps "
+        f"| default's alpha·L_r / CE (uncapped) at steps {', '.join(map(str, PROBE_STEPS))}, last |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     for arch in args.arch.split(","):
@@ -154,7 +175,8 @@ def main() -> None:
             line = (
                 f"| {arch} | {setting} | {r['first5']:.2f} | {r['last10']:.2f} | {r['last20']:.2f} | {r['max']:.2f} | {ratio} | "
                 f"{smallest} | {'yes' if r['dominance_warning'] else 'no'} | {r['nan_at'] or '–'} | "
-                f"{r['seconds'] / r['steps']:.2f} | {' '.join(f'{w:.2f}' for w in r['windows'])} |"
+                f"{r['seconds'] / r['steps']:.2f} | {' '.join(f'{w:.2f}' for w in r['windows'])} | "
+                f"{' '.join(f'{step}: {value:.3g}' for step, value in r['probes'].items())} |"
             )
             print(line, flush=True)
             lines.append(line)

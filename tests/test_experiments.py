@@ -130,7 +130,13 @@ def test_paper_defaults_reports_the_ratio_at_the_first_regularized_step_and_wind
     # calls 0 and 1 of a 2-step warm-up run without the regularizer (weight 0): its ratio is call 2's
     assert report["first_ratio"] > 0 and report["min_alpha_applied"] <= 1.0 and not report["dominance_warning"]
     assert report["steps"] == 5 and len(report["windows"]) == 2  # the 5th step fills no window
-    ces = paper_defaults.run("small_cnn", "base", batches, window=1)["windows"]
+    base = paper_defaults.run("small_cnn", "base", batches, window=1)
+    # the default's uncapped ratio is probed before the step: at step 0 every setting has the same weights
+    assert sorted(base["probes"]) == [0, 4] and report["probes"][0] == pytest.approx(base["probes"][0], rel=1e-12)
+    assert base["probes"][0] == pytest.approx(
+        paper_defaults.run("small_cnn", "default", batches)["first_ratio"], rel=1e-12
+    )
+    ces = base["windows"]
     assert paper_defaults.run("small_cnn", "base", batches, window=2)["windows"] == pytest.approx(
         [(ces[0] + ces[1]) / 2, (ces[2] + ces[3]) / 2]
     )
