@@ -5,11 +5,15 @@ Per test sample, at the trained weights and in eval mode:
 - the mean pairwise cosine of the members' u (eq 10's per-sample term);
 - lambda_max of each member's input Hessian of CE (eq 5-6: the quantity L_r targets), by power
   iteration on exact Hessian-vector products (double backprop), averaged over members.
+
+And, on training batches, how hard each term of eq 11 pulls on the weights (term_gradient_norms): a
+loss value can mislead, as a term a thousandth of the CE can have a larger gradient.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +22,9 @@ from torch.utils.data import DataLoader
 
 from . import ops
 from .regularizer import input_gradient_differences
+
+if TYPE_CHECKING:
+    from .loss import HvpCurvatureLoss
 
 PerSampleLoss = Callable[[Tensor], Tensor]  # x (B, ...) -> per-sample losses (B,), samples independent
 
@@ -94,3 +101,17 @@ def curvature_diagnostics(
         "u_cosine": summary(cosines),
         "lambda_max": summary(eigenvalues),
     }
+
+
+def term_gradient_norms(models: Sequence[nn.Module], x: Tensor, y: Tensor, regularizer: HvpCurvatureLoss) -> dict:
+    """Values of CE, alpha*L_r and beta*L_g (nominal alpha, no cap) and the L2 norms of their gradients
+    over all members' weights, taken with autograd.grad: no .grad is touched, so it can probe a run."""
+    terms = regularizer.terms(models, x, y)
+    weighted = {"ce": terms.ece, "alpha_l_r": regularizer.alpha * terms.l_r, "beta_l_g": regularizer.beta * terms.l_g}
+    params = [p for m in models for p in m.parameters()]
+    result = {}
+    for name, value in weighted.items():
+        grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+        result[name] = float(value.detach())
+        result[f"grad_{name}"] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+    return result

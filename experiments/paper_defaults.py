@@ -5,10 +5,11 @@ ours and torchvision's resnet18/resnet34 at their own init, as a user would drop
 Prints (and with --out writes) a Markdown table: sum of the members' CE over the first 5, the last 10
 and the last 20 steps (chance = 3 ln 10 = 6.9), the largest CE, alpha * L_r / CE at the regularizer's
 first step (before any cap), the smallest alpha the max_ratio cap applied, whether the dominance
-warning fired, NaN or not, the mean CE of each window of --window steps (progress on stderr), and the
-default regularizer's uncapped alpha * L_r / CE at the weights of a few steps (PROBE_STEPS), whatever
-the setting trains with: it shows how long a model's input curvature stays far above the CE (Base
-training removes torchvision resnet34's init spike within about ten steps).
+warning fired, NaN or not, the mean CE of each window of --window steps (progress on stderr), and how hard the
+default regularizer, uncapped, would pull at the weights of a few steps (PROBE_STEPS), whatever the
+setting trains with: alpha * L_r / CE and the ratio of their weight-gradient norms. A loss ratio
+can mislead: on torchvision resnet34 the gradient ratio can be 60x the loss ratio, and spikes of
+input curvature recur during Base training, not only at init.
 
     python experiments/paper_defaults.py --data-dir ../shared/data/cifar10-jpeg --steps 200 --settings base,default \
         --arch torchvision_resnet18 --out results/trains_everywhere/torchvision_resnet18.md
@@ -29,6 +30,7 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from edlcm_ext import HvpCurvatureLoss
+from edlcm_ext.curvature import term_gradient_norms
 from edlcm_ext.data import CIFAR10_INFO, fixed_subset, load_dataset
 from edlcm_ext.ensemble import ensemble_cross_entropy
 from edlcm_ext.models import build_model
@@ -50,8 +52,8 @@ SETTINGS = {
     "uncapped": {"max_ratio": None},
     "cap0.1": {"max_ratio": 0.1},  # a candidate: the regularizer held to a tenth of the CE
 }
-# Steps (before their update) at which run() probes the default's uncapped alpha * L_r / CE; and the last.
-PROBE_STEPS = (0, 5, 10, 20, 50, 100)
+# Steps (before their update) at which run() probes the default's uncapped pull; and the last.
+PROBE_STEPS = (0, 5, 10, 20, 30, 40, 60, 80, 100, 150)
 ARCHITECTURES = {
     "torchvision_resnet18": functools.partial(torchvision_model, "resnet18"),
     "torchvision_resnet34": functools.partial(torchvision_model, "resnet34"),
@@ -63,13 +65,14 @@ ARCHITECTURES = {
 }
 
 
-def default_ratio(models: list, x: torch.Tensor, y: torch.Tensor) -> float:
-    """alpha * L_r / CE of HvpCurvatureLoss's defaults without the cap, at these weights (no step taken;
-    members stay in train mode, whose outputs do not depend on the BatchNorm statistics this updates)."""
+def default_pull(models: list, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(alpha * L_r / CE, |grad alpha * L_r| / |grad CE| over the weights) of HvpCurvatureLoss's defaults
+    without the cap, at these weights (no step taken; members stay in train mode, whose outputs do not
+    depend on the BatchNorm statistics this updates)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its dominance warning is the measurement, not the run's
-        terms = HvpCurvatureLoss(max_ratio=None).terms(models, x, y)
-    return float(terms.alpha_applied * terms.l_r.detach() / terms.ece.detach())
+        norms = term_gradient_norms(models, x, y, HvpCurvatureLoss(max_ratio=None))
+    return norms["alpha_l_r"] / norms["ce"], norms["grad_alpha_l_r"] / norms["grad_ce"]
 
 
 def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int = 0, window: int = 20) -> dict:
@@ -91,7 +94,7 @@ def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int
     for step, (x, y) in enumerate(batches):
         if step in PROBE_STEPS or step == len(batches) - 1:
             probe_started = time.perf_counter()
-            probes[step] = default_ratio(models, x, y)
+            probes[step] = default_pull(models, x, y)
             probing += time.perf_counter() - probe_started  # not the setting's cost
         optimizer.zero_grad()
         if regularizer is None:
@@ -163,7 +166,7 @@ def main() -> None:
         "",
         f"| arch | setting | CE first 5 | CE last 10 | CE last 20 | CE max | alpha·L_r / CE at first regularized step (uncapped) "
         f"| smallest alpha applied | dominance warning | NaN at step | s/step | mean CE per {args.window} steps "
-        f"| default's alpha·L_r / CE (uncapped) at steps {', '.join(map(str, PROBE_STEPS))}, last |",
+        f"| default's uncapped pull, step: alpha·L_r / CE, ‖∇ alpha·L_r‖ / ‖∇CE‖ (steps {', '.join(map(str, PROBE_STEPS))}, last) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
@@ -176,7 +179,7 @@ def main() -> None:
                 f"| {arch} | {setting} | {r['first5']:.2f} | {r['last10']:.2f} | {r['last20']:.2f} | {r['max']:.2f} | {ratio} | "
                 f"{smallest} | {'yes' if r['dominance_warning'] else 'no'} | {r['nan_at'] or '–'} | "
                 f"{r['seconds'] / r['steps']:.2f} | {' '.join(f'{w:.2f}' for w in r['windows'])} | "
-                f"{' '.join(f'{step}: {value:.3g}' for step, value in r['probes'].items())} |"
+                f"{'; '.join(f'{step}: {loss:.3g}, {grad:.3g}' for step, (loss, grad) in r['probes'].items())} |"
             )
             print(line, flush=True)
             lines.append(line)

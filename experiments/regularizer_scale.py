@@ -16,29 +16,16 @@ import argparse
 import pathlib
 import platform
 import time
-from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import DataLoader
 
 from edlcm_ext import HvpCurvatureLoss
 from edlcm_ext.checkpoint import load_checkpoint
+from edlcm_ext.curvature import term_gradient_norms
 from edlcm_ext.data import CIFAR10_INFO, load_dataset
 from edlcm_ext.models import build_model
-
-
-def term_gradient_norms(models: Sequence[nn.Module], x: Tensor, y: Tensor, regularizer: HvpCurvatureLoss) -> dict:
-    """Values of CE, alpha*L_r, beta*L_g and the L2 norms of their gradients over all members' weights."""
-    terms = regularizer.terms(models, x, y)
-    weighted = {"ce": terms.ece, "alpha_l_r": regularizer.alpha * terms.l_r, "beta_l_g": regularizer.beta * terms.l_g}
-    params = [p for m in models for p in m.parameters()]
-    result = {}
-    for name, value in weighted.items():
-        grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
-        result[name] = float(value.detach())
-        result[f"grad_{name}"] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
-    return result
 
 
 def average_over_batches(models, batches, regularizer) -> dict:

@@ -14,10 +14,10 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from edlcm_ext import eval_job, evaluate, sanity
+from edlcm_ext import HvpCurvatureLoss, eval_job, evaluate, sanity
 from edlcm_ext.cli import main as cli_main
 from edlcm_ext.config import TrainConfig
-from edlcm_ext.curvature import curvature_diagnostics, largest_hessian_eigenvalue
+from edlcm_ext.curvature import curvature_diagnostics, largest_hessian_eigenvalue, term_gradient_norms
 from edlcm_ext.data import load_dataset
 from edlcm_ext.evaluate import attack_flags, transfer_matrix, transferability_success_rate
 from edlcm_ext.train import train
@@ -392,3 +392,23 @@ def test_cli_trains_and_evaluates_an_image_folder_with_its_default_eps_and_cache
     assert cli_main(args + ["--data-dir", swapped]) == 0
     relabelled = json.loads((out / "results.json").read_text())["results"]["base"]
     assert relabelled["clean"] == pytest.approx(1 - saved["clean"])
+
+
+def test_term_gradient_norms_are_each_terms_weight_gradient():
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 3)).double() for _ in range(2)]
+    x, y = torch.rand(8, 3, 2, 2, dtype=torch.float64), torch.randint(0, 3, (8,))
+    mean = term_gradient_norms(models, x, y, HvpCurvatureLoss(alpha=1.0, beta=0.5, reduction="mean"))
+    # the CE's norm from a plain backward of the members' summed batch-mean CE
+    for m in models:
+        m.zero_grad()
+    sum(nn.functional.cross_entropy(m(x), y) for m in models).backward()
+    direct = torch.sqrt(sum((p.grad**2).sum() for m in models for p in m.parameters()))
+    assert mean["grad_ce"] == pytest.approx(float(direct), rel=1e-12)
+    # alpha and beta scale their own term's value and gradient, and only theirs; "sum" is B times "mean" for L_r
+    scaled = term_gradient_norms(models, x, y, HvpCurvatureLoss(alpha=3.0, beta=2.0, reduction="per_sample"))
+    assert scaled["grad_alpha_l_r"] == pytest.approx(3.0 * 8 * mean["grad_alpha_l_r"], rel=1e-9)
+    assert scaled["alpha_l_r"] == pytest.approx(3.0 * 8 * mean["alpha_l_r"], rel=1e-9)
+    assert scaled["grad_beta_l_g"] == pytest.approx(4.0 * mean["grad_beta_l_g"], rel=1e-9)
+    assert scaled["grad_ce"] == pytest.approx(mean["grad_ce"], rel=1e-12)
+    assert mean["grad_alpha_l_r"] > 0 and mean["grad_beta_l_g"] > 0

@@ -1,6 +1,5 @@
 """experiments/: cost_robustness.py (each run's cost from the bench mode its config names),
-evidence_report.py (the evidence page from committed runs), regularizer_scale.py (weight-gradient
-norms of eq 11's terms) and paper_defaults.py (first steps)."""
+evidence_report.py (the evidence page from committed runs) and paper_defaults.py (first steps)."""
 
 import importlib.util
 import json
@@ -10,9 +9,6 @@ from unittest import mock
 
 import pytest
 import torch
-from torch import nn
-
-from edlcm_ext import HvpCurvatureLoss
 
 
 def load_script(name: str):
@@ -26,7 +22,6 @@ def load_script(name: str):
 
 cost_robustness = load_script("cost_robustness")
 evidence_report = load_script("evidence_report")
-regularizer_scale = load_script("regularizer_scale")
 paper_defaults = load_script("paper_defaults")
 
 
@@ -89,28 +84,6 @@ def test_table_and_figure_from_eval_and_bench_reports(tmp_path):
         cost_robustness.main([str(tmp_path / "results.json"), str(tmp_path / "bench.json"), str(tmp_path / "out")])
 
 
-def test_regularizer_scale_reports_each_terms_weight_gradient():
-    torch.manual_seed(0)
-    models = [nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 3)).double() for _ in range(2)]
-    x, y = torch.rand(8, 3, 2, 2, dtype=torch.float64), torch.randint(0, 3, (8,))
-    mean = regularizer_scale.term_gradient_norms(models, x, y, HvpCurvatureLoss(alpha=1.0, beta=0.5, reduction="mean"))
-    # the CE's norm from a plain backward of the members' summed batch-mean CE
-    for m in models:
-        m.zero_grad()
-    sum(nn.functional.cross_entropy(m(x), y) for m in models).backward()
-    direct = torch.sqrt(sum((p.grad**2).sum() for m in models for p in m.parameters()))
-    assert mean["grad_ce"] == pytest.approx(float(direct), rel=1e-12)
-    # alpha and beta scale their own term's value and gradient, and only theirs; "sum" is B times "mean" for L_r
-    scaled = regularizer_scale.term_gradient_norms(
-        models, x, y, HvpCurvatureLoss(alpha=3.0, beta=2.0, reduction="per_sample")
-    )
-    assert scaled["grad_alpha_l_r"] == pytest.approx(3.0 * 8 * mean["grad_alpha_l_r"], rel=1e-9)
-    assert scaled["alpha_l_r"] == pytest.approx(3.0 * 8 * mean["alpha_l_r"], rel=1e-9)
-    assert scaled["grad_beta_l_g"] == pytest.approx(4.0 * mean["grad_beta_l_g"], rel=1e-9)
-    assert scaled["grad_ce"] == pytest.approx(mean["grad_ce"], rel=1e-12)
-    assert mean["grad_alpha_l_r"] > 0 and mean["grad_beta_l_g"] > 0
-
-
 def test_paper_defaults_reports_a_dominance_warning_and_the_cap():
     """An uncapped, absurd alpha is reported as dominating; the default cap lowers alpha instead."""
     torch.manual_seed(0)
@@ -131,11 +104,13 @@ def test_paper_defaults_reports_the_ratio_at_the_first_regularized_step_and_wind
     assert report["first_ratio"] > 0 and report["min_alpha_applied"] <= 1.0 and not report["dominance_warning"]
     assert report["steps"] == 5 and len(report["windows"]) == 2  # the 5th step fills no window
     base = paper_defaults.run("small_cnn", "base", batches, window=1)
-    # the default's uncapped ratio is probed before the step: at step 0 every setting has the same weights
+    # the default's uncapped pull is probed before the step: at step 0 every setting has the same weights
     assert sorted(base["probes"]) == [0, 4] and report["probes"][0] == pytest.approx(base["probes"][0], rel=1e-12)
-    assert base["probes"][0] == pytest.approx(
-        paper_defaults.run("small_cnn", "default", batches)["first_ratio"], rel=1e-12
+    assert base["probes"][0][0] == pytest.approx(
+        paper_defaults.run("small_cnn", "default", batches)["first_ratio"],
+        rel=1e-6,  # float32 divided in float64
     )
+    assert base["probes"][4][1] > 0
     ces = base["windows"]
     assert paper_defaults.run("small_cnn", "base", batches, window=2)["windows"] == pytest.approx(
         [(ces[0] + ces[1]) / 2, (ces[2] + ces[3]) / 2]
