@@ -113,5 +113,10 @@ def term_gradient_norms(models: Sequence[nn.Module], x: Tensor, y: Tensor, regul
     for name, value in weighted.items():
         grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
         result[name] = float(value.detach())
-        result[f"grad_{name}"] = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None)))
+        result[f"grad_{name}"] = float(weight_gradient_norm(grads))
     return result
+
+
+def weight_gradient_norm(grads: Sequence[Tensor | None]) -> Tensor:
+    """The L2 norm of all the weights' gradients together (None: a weight without one), in float64."""
+    return torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None))

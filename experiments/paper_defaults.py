@@ -30,7 +30,7 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from edlcm_ext import HvpCurvatureLoss
-from edlcm_ext.curvature import term_gradient_norms
+from edlcm_ext.curvature import term_gradient_norms, weight_gradient_norm
 from edlcm_ext.data import CIFAR10_INFO, fixed_subset, load_dataset
 from edlcm_ext.ensemble import ensemble_cross_entropy
 from edlcm_ext.models import build_model
@@ -85,11 +85,11 @@ def pull_bounded_backward(params: list, ce: torch.Tensor, regularizer_total: tor
     Returns s. Two backward passes instead of one; a prototype of a safeguard, not the loss's API."""
     ce_grads = torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True)
     reg_grads = torch.autograd.grad(regularizer_total, params, allow_unused=True)
+    ce_norm, reg_norm = weight_gradient_norm(ce_grads), weight_gradient_norm(reg_grads)
+    scale = float(torch.clamp(max_pull * ce_norm / reg_norm.clamp_min(1e-30), max=1.0))
     ce_grads, reg_grads = (
         [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)] for grads in (ce_grads, reg_grads)
     )
-    ce_norm, reg_norm = (torch.sqrt(sum((g.double() ** 2).sum() for g in grads)) for grads in (ce_grads, reg_grads))
-    scale = float(torch.clamp(max_pull * ce_norm / reg_norm.clamp_min(1e-30), max=1.0))
     for p, ce_grad, reg_grad in zip(params, ce_grads, reg_grads):
         p.grad = ce_grad + scale * reg_grad
     return scale
