@@ -55,6 +55,8 @@ SETTINGS = {
     # down to at most max_pull times the CE's (its value cap off). The applied scale is reported in
     # the "smallest alpha applied" column, as a factor on alpha.
     "pull1": {"max_ratio": None, "max_pull": 1.0},
+    # Weaker: below small_cnn's natural pull (0.24-0.48 of the CE's), so it engages there too.
+    "pull0.3": {"max_ratio": None, "max_pull": 0.3},
 }
 # Steps (before their update) at which run() probes the default's uncapped pull; and the last.
 PROBE_STEPS = (0, 5, 10, 20, 30, 40, 60, 80, 100, 150)
@@ -168,6 +170,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--arch", default=",".join(ARCHITECTURES))
     parser.add_argument("--settings", default="base,default", help=f"comma-separated, of {', '.join(SETTINGS)}")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the members' init (the batches stay fixed)")
     parser.add_argument("--alpha-warmup", type=int, default=0, help="HvpCurvatureLoss's alpha_warmup (steps)")
     parser.add_argument("--window", type=int, default=20, help="steps per window of the CE trend column")
     parser.add_argument("--out", default=None)
@@ -186,7 +189,7 @@ def main() -> None:
         "",
         f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}. alpha=1, beta=0.01, SGD lr 0.02, momentum 0.9, wd 5e-4. "
-        f"alpha_warmup={args.alpha_warmup}. Settings: "
+        f"alpha_warmup={args.alpha_warmup}, init seed {args.seed}. Settings: "
         + "; ".join(f"{k}: {v}" for k, v in SETTINGS.items())
         + ". CE = sum of the 3 members' batch-mean CE (chance 6.91).",
         "",
@@ -198,7 +201,7 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     for arch in args.arch.split(","):
         for setting in args.settings.split(","):
-            r = run(arch, setting, batches, alpha_warmup=args.alpha_warmup, window=args.window)
+            r = run(arch, setting, batches, seed=args.seed, alpha_warmup=args.alpha_warmup, window=args.window)
             ratio = "–" if r["first_ratio"] is None else f"{r['first_ratio']:.3g}"
             smallest = "–" if r["min_alpha_applied"] is None else f"{r['min_alpha_applied']:.3g}"
             line = (
