@@ -1,8 +1,8 @@
 """One table from the committed state of persistent runs (experiments/persistent_run.sh): per run, its
-options, clean accuracy (all 10,000 test images after the last epoch, and on the attacked images),
-the per-sample worst case over the attacks at each eps, the strong attacks at the headline eps,
-lambda_max, and whether the max_ratio cap ever lowered alpha. A run not yet trained or evaluated is
-listed as such, not dropped.
+options, its training cost (median minutes per epoch, as logged), clean accuracy (all 10,000 test
+images after the last epoch, and on the attacked images), the per-sample worst case over the attacks
+at each eps, the strong attacks at the headline eps, lambda_max, and whether the max_ratio cap ever
+lowered alpha. A run not yet trained or evaluated is listed as such, not dropped.
 
     python experiments/summarize_runs.py results/defaults_sweep [--baseline base] [--eps 0.01] > table.md
 """
@@ -51,7 +51,7 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
     defaults = METHODS["edlcm"].option_defaults()
     eps_values = sorted({e for run in runs if run["result"] for e in run["result"]["worst"]}, key=float)
     header = (
-        ["run", "setting", "epochs", "clean (10k)", "clean (attacked)"]
+        ["run", "setting", "epochs", "min/epoch", "clean (10k)", "clean (attacked)"]
         + [f"worst case {e}" for e in eps_values]
         + [
             f"APGD-CE {eps_headline}",
@@ -82,7 +82,10 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
                 versus_baseline(run, lambda r: 100 * r["log"][-1]["test_accuracy"], own) if trained(run) else ""
             )
         applied = [r["alpha_applied"] for r in run["log"] if "alpha_applied" in r]
-        cells = [run["name"], describe(run["config"], defaults), epochs, clean10k]
+        # The median, not the mean: an epoch that shared the cores with more jobs is an outlier.
+        seconds = [r["seconds"] for r in run["log"] if "seconds" in r]
+        cost = f"{statistics.median(seconds) / 60:.1f}" if seconds else "-"
+        cells = [run["name"], describe(run["config"], defaults), epochs, cost, clean10k]
         result = run["result"]
         if result is None:
             cells += ["not evaluated"] + [""] * (len(header) - len(cells) - 1)
@@ -109,6 +112,8 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
         f"same seed (the mean of the {baseline} runs where there is none)."
         if baseline
         else "",
+        "min/epoch: the median wall-clock minutes of a training epoch, as the run logged them (on whatever machine "
+        "and beside whatever jobs it ran; the run's commits say where).",
         "alpha applied: the epoch mean of the weight L_r got; below alpha only where the max_ratio cap engaged.",
     ]
     return "\n".join(lines) + "\n\n" + " ".join(n for n in notes if n) + "\n"

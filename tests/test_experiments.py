@@ -163,12 +163,16 @@ def test_persistent_run_trains_one_epoch_per_call_and_resumes_where_it_stopped(t
     assert len(evals) == 3 and "--attacks default " in evals[1] and "--attacks default,autoattack " in evals[2]
 
 
-def write_run(folder, method: str, epochs_done: int, clean: float, pgd: dict | None, samples: int = 1000):
-    """A run's committed state as persistent_run.sh leaves it: config, log and (if pgd) eval results."""
+def write_run(
+    folder, method: str, epochs_done: int, clean: float, pgd: dict | None, samples: int = 1000, seconds: float = 0
+):
+    """A run's committed state as persistent_run.sh leaves it: config, log (each epoch taking ``seconds``, if
+    given) and (if pgd) eval results."""
     folder.mkdir(parents=True)
     config = {"method": method, "seed": 0, "epochs": 2, "channels_last": True, "method_options": {}}
     (folder / "config.json").write_text(json.dumps(config))
-    (folder / "log.jsonl").write_text("".join(json.dumps({"test_accuracy": clean}) + "\n" for _ in range(epochs_done)))
+    epoch = {"test_accuracy": clean} | ({"seconds": seconds} if seconds else {})
+    (folder / "log.jsonl").write_text("".join(json.dumps(epoch) + "\n" for _ in range(epochs_done)))
     if pgd is not None:
         by_eps = {eps: {"all": value} for eps, value in pgd.items()}
         result = {"samples": samples, "clean": clean, "attacks": {"pgd": by_eps}, "worst": by_eps}
@@ -183,7 +187,7 @@ def test_evidence_report_sets_ours_beside_the_papers_table_ii_and_lists_unfinish
     pgd = {"base": (0.30, 0.10), "deg": (0.20, 0.50), "adp": (0.35, 0.12), "edlcm": (0.40, 0.20)}
     for name, (low, high) in pgd.items():
         write_run(runs / name, name, 2, 0.5, {"0.005": low, "0.01": high})
-    write_run(runs / "pdd", "pdd", 1, 0.5, None)
+    write_run(runs / "pdd", "pdd", 1, 0.5, None, seconds=90)
     runs_file = tmp_path / "planned.runs"
     runs_file.write_text("# comment\nbase base 0\nedlcm edlcm 0\ndeg deg 0\nadp adp 0\npdd pdd 0\ngal gal 0 lam=1\n")
     page = tmp_path / "docs" / "results.md"
@@ -208,6 +212,8 @@ def test_evidence_report_sets_ours_beside_the_papers_table_ii_and_lists_unfinish
         in table
     )
     assert table[0].startswith("| Attack | eps | base: ours (paper)")
+    # the training cost as logged: minutes per epoch (none logged: "-")
+    assert "| pdd | pdd seed 0 | 1/2 | 1.5 | 50.0 | not evaluated |" in (tmp_path / "results" / "table.md").read_text()
     shutil.rmtree(runs / "pdd")  # pdd finishes: now every row has a rank
     write_run(runs / "pdd", "pdd", 2, 0.5, {"0.005": 0.25, "0.01": 0.15})
     bench["results"][0]["step_seconds"]["pdd_cl"] = 0.15
@@ -226,7 +232,7 @@ def test_evidence_report_sets_ours_beside_the_papers_table_ii_and_lists_unfinish
     assert "Finished and evaluated: 5 of 6 planned runs" in text and "Not finished, so not compared: gal." in text
     assert "in 1 of the 2 attacked rows the paper also reports (the paper: 2 of 2)" in text
     assert "worst case at eps 0.01 20.0% against 10.0% (+10.0)" in text
-    assert "| gal | not started |" in (tmp_path / "results" / "table.md").read_text()
+    assert "| gal | not started | - | - | - | not evaluated |" in (tmp_path / "results" / "table.md").read_text()
     assert "| edlcm | 5.00 | 50.0 | 40.0 | 20.0 |" in (tmp_path / "results" / "cost_robustness.md").read_text()
     page.write_text("# no markers\n")
     with pytest.raises(ValueError, match="--page .* needs one"):
