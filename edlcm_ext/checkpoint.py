@@ -24,13 +24,18 @@ from .ensemble import Ensemble, build_ensemble
 # 2: method_options record the L_r convention ("reduction") and the method's state is saved.
 # 3: method_options record every knob of the regularizer's strength (alpha, beta, h, reduction,
 #    max_ratio); the convention once called "sum" is named "per_sample".
-FORMAT_VERSION = 3
+# 4: ... and max_pull.
+FORMAT_VERSION = 4
 REQUIRED_KEYS = ("epoch", "ensemble", "config", "info")
 # Methods whose meaning depends on HvpCurvatureLoss's options. Checkpoints written before the
 # convention was recorded (format 1) were trained under "sum", the only one that existed then;
-# before format 3, h was 0.1 and there was no cap.
+# before format 3, h was 0.1 and there was no cap; before format 4, no bound on the pull.
 CURVATURE_METHODS = ("edlcm", "edlcm_lr", "edlcm_lg")
-OLD_DEFAULTS = {1: {"reduction": "per_sample", "h": 0.1, "max_ratio": None}, 2: {"h": 0.1, "max_ratio": None}}
+OLD_DEFAULTS = {
+    1: {"reduction": "per_sample", "h": 0.1, "max_ratio": None, "max_pull": None},
+    2: {"h": 0.1, "max_ratio": None, "max_pull": None},
+    3: {"max_pull": None},
+}
 RENAMED_REDUCTIONS = {"sum": "per_sample"}
 
 

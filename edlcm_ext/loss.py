@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from . import ops
 from .compiled import LazilyCompiled, check_switch, functional_input_gradient_differences
+from .curvature import weight_gradient_norm
 from .ensemble import ensemble_cross_entropy
 from .first_order import first_order_terms
 from .fused import fused_layers
@@ -57,6 +58,13 @@ class HvpCurvatureLoss(nn.Module):
         max_ratio: cap alpha * L_r at this many times the ensemble CE of the batch, by lowering alpha
             on that batch (a detached factor; ``CurvatureTerms.alpha_applied`` says by how much).
             None: no cap (the paper's loss).
+        max_pull: bound the regularizer's pull instead of its value: on each batch, alpha and beta
+            are lowered by a detached factor so that the norm of alpha * L_r + beta * L_g's gradient
+            over the members' parameters is at most max_pull times the norm of the CE's
+            (``alpha_applied`` includes the factor; beta gets the same). Costs one more backward
+            pass of the CE per call. The regularizer's parameter gradient is taken inside the call,
+            so ``total`` passes gradient to the members' parameters only (not to x or other
+            tensors). None (default): no bound. docs/defaults.md measures it on torchvision resnet34.
         every: lazy regularization (as StyleGAN2's lazy R1): the regularizer runs on one training
             call out of ``every``, weighted by ``every``, so its gradient summed over ``every`` steps
             is unchanged; the other calls cost one forward pass (``terms``) or nothing (``forward``).
@@ -101,6 +109,7 @@ class HvpCurvatureLoss(nn.Module):
         eps: float = 1e-8,
         reduction: str = "per_sample",
         max_ratio: float | None = DEFAULT_MAX_RATIO,
+        max_pull: float | None = None,
         every: int = 1,
         batch_fraction: float = 1.0,
         alpha_warmup: int = 0,
@@ -122,8 +131,8 @@ class HvpCurvatureLoss(nn.Module):
         check_switch("compiled", compiled)
         if compiled is not False and gradient != "exact":
             raise ValueError(f"compiled applies to gradient='exact', got gradient={gradient!r}")
-        for name, value in (("h", h), ("eps", eps), ("fd_step", fd_step)) + (
-            (("max_ratio", max_ratio),) if max_ratio is not None else ()
+        for name, value in (("h", h), ("eps", eps), ("fd_step", fd_step)) + tuple(
+            (name, value) for name, value in (("max_ratio", max_ratio), ("max_pull", max_pull)) if value is not None
         ):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value}")
@@ -149,13 +158,15 @@ class HvpCurvatureLoss(nn.Module):
         self.autocast_regularizer = autocast_regularizer
         self.compiled = compiled
         self.max_ratio = None if max_ratio is None else float(max_ratio)
+        self.max_pull = None if max_pull is None else float(max_pull)
         self.calls = 0  # training calls so far: the clock of `every` and `alpha_warmup`
         self._regularized_calls = 0
         self._warned = False
 
     def extra_repr(self) -> str:
         return (
-            f"alpha={self.alpha}, beta={self.beta}, h={self.h}, eps={self.eps}, reduction={self.reduction!r}, max_ratio={self.max_ratio}, "
+            f"alpha={self.alpha}, beta={self.beta}, h={self.h}, eps={self.eps}, reduction={self.reduction!r}, "
+            f"max_ratio={self.max_ratio}, max_pull={self.max_pull}, "
             f"every={self.every}, batch_fraction={self.batch_fraction}, alpha_warmup={self.alpha_warmup}, "
             f"fused_layers={self.fused_layers}, gradient={self.gradient!r}, compiled={self.compiled!r}"
         )
@@ -215,6 +226,8 @@ class HvpCurvatureLoss(nn.Module):
             terms = terms._replace(ece=terms.ece if ece is None else ece)
         else:
             terms = self._regularizer(models, x, y, check_logits, scale)
+        if self.max_pull is not None:
+            terms = self._bound_pull(models, terms)
         self._check_dominance(terms, x.shape[0])
         return terms._replace(total=terms.total * weight) if weight != 1 else terms
 
@@ -248,6 +261,20 @@ class HvpCurvatureLoss(nn.Module):
         sq_norms, cosines = ops.curvature_stats(u, self.eps)
         return terms_from_statistics(sq_norms, cosines, ece, self.alpha, self.beta, scale, self.max_ratio)
 
+    def _bound_pull(self, models: list[nn.Module], terms: CurvatureTerms) -> CurvatureTerms:
+        """``terms`` with total scaled by s = min(1, max_pull |grad CE| / |grad total|) over the members'
+        parameters (s detached). Both gradients are taken here, total's the one expensive double backward
+        it needs anyway; the returned total hands its gradient back to the caller's backward unchanged."""
+        params = [p for model in models for p in model.parameters() if p.requires_grad]
+        # Both graphs share the forward pass at x, which the caller's backward of ece still needs.
+        ce_grads = torch.autograd.grad(terms.ece, params, retain_graph=True, allow_unused=True)
+        total_grads = torch.autograd.grad(terms.total, params, retain_graph=True, allow_unused=True)
+        ce_norm, total_norm = weight_gradient_norm(ce_grads), weight_gradient_norm(total_grads)
+        factor = (self.max_pull * ce_norm / total_norm.clamp_min(torch.finfo(torch.float64).tiny)).clamp(max=1.0)
+        factor = factor.to(terms.total.dtype)
+        total = PrecomputedGradient.apply(terms.total.detach() * factor, factor, total_grads, *params)
+        return terms._replace(total=total, alpha_applied=terms.alpha_applied * factor)
+
     def _check_dominance(self, terms: CurvatureTerms, terms_batch: int) -> None:
         """Warn once when alpha * L_r swamps the CE (a host sync, only every DOMINANCE_CHECK_INTERVAL)."""
         due = self._regularized_calls % DOMINANCE_CHECK_INTERVAL == 0
@@ -268,6 +295,21 @@ class HvpCurvatureLoss(nn.Module):
                 RuntimeWarning,
                 stacklevel=4,  # the caller of terms() or forward()
             )
+
+
+class PrecomputedGradient(torch.autograd.Function):
+    """A scalar whose backward hands ``factor * grads`` to ``params``: a term whose parameter gradient
+    was already taken (by autograd.grad) joins the caller's backward without a second double backward."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, factor: Tensor, grads: tuple, *params: Tensor) -> Tensor:
+        ctx.factor, ctx.grads = factor, grads
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        scale = grad_output * ctx.factor
+        return None, None, None, *(None if grad is None else scale * grad for grad in ctx.grads)
 
 
 def members_cross_entropy(models: Sequence[nn.Module], x: Tensor, y: Tensor, check_logits=None) -> Tensor:

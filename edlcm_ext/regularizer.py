@@ -47,7 +47,8 @@ class CurvatureTerms(NamedTuple):
 
     ``applied`` is False on the calls where an amortized HvpCurvatureLoss (every=k, warm-up) skips
     the regularizer: total is then a zero and l_r, l_g are zeros that were not computed.
-    ``alpha_applied`` is the weight L_r got in ``total``: alpha, or less where ``max_ratio`` capped it.
+    ``alpha_applied`` is the weight L_r got in ``total``: alpha, or less where ``max_ratio`` capped it or
+    ``max_pull`` bounded the pull (which scales beta alike).
     """
 
     total: Tensor

@@ -30,7 +30,7 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from edlcm_ext import HvpCurvatureLoss
-from edlcm_ext.curvature import term_gradient_norms, weight_gradient_norm
+from edlcm_ext.curvature import term_gradient_norms
 from edlcm_ext.data import CIFAR10_INFO, fixed_subset, load_dataset
 from edlcm_ext.ensemble import ensemble_cross_entropy
 from edlcm_ext.models import build_model
@@ -51,9 +51,8 @@ SETTINGS = {
     "paper_literal": {"reduction": "mean", "max_ratio": None},  # the 0.2 default
     "uncapped": {"max_ratio": None},
     "cap0.1": {"max_ratio": 0.1},  # a candidate: the regularizer held to a tenth of the CE
-    # A candidate safeguard, prototyped here before any API: the regularizer's weight gradient scaled
-    # down to at most max_pull times the CE's (its value cap off). The applied scale is reported in
-    # the "smallest alpha applied" column, as a factor on alpha.
+    # A candidate safeguard (HvpCurvatureLoss's max_pull): the regularizer's weight gradient scaled
+    # down to at most max_pull times the CE's, its value cap off. "smallest alpha applied" includes it.
     "pull1": {"max_ratio": None, "max_pull": 1.0},
     # Weaker: below small_cnn's natural pull (0.24-0.48 of the CE's), so it engages there too.
     "pull0.3": {"max_ratio": None, "max_pull": 0.3},
@@ -81,30 +80,13 @@ def default_pull(models: list, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return norms["alpha_l_r"] / norms["ce"], norms["grad_alpha_l_r"] / norms["grad_ce"]
 
 
-def pull_bounded_backward(params: list, ce: torch.Tensor, regularizer_total: torch.Tensor, max_pull: float) -> float:
-    """Set each weight's .grad to grad CE + s * grad(alpha L_r + beta L_g), s = min(1, max_pull * |grad CE| /
-    |grad regularizer|) over all weights: the regularizer never pulls harder than max_pull times the CE.
-    Returns s. Two backward passes instead of one; a prototype of a safeguard, not the loss's API."""
-    ce_grads = torch.autograd.grad(ce, params, retain_graph=True, allow_unused=True)
-    reg_grads = torch.autograd.grad(regularizer_total, params, allow_unused=True)
-    ce_norm, reg_norm = weight_gradient_norm(ce_grads), weight_gradient_norm(reg_grads)
-    scale = float(torch.clamp(max_pull * ce_norm / reg_norm.clamp_min(1e-30), max=1.0))
-    ce_grads, reg_grads = (
-        [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)] for grads in (ce_grads, reg_grads)
-    )
-    for p, ce_grad, reg_grad in zip(params, ce_grads, reg_grads):
-        p.grad = ce_grad + scale * reg_grad
-    return scale
-
-
 def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int = 0, window: int = 20) -> dict:
     """setting: a name in SETTINGS (EDLCM at alpha 1, beta 0.01 with those options, or "base")."""
     torch.manual_seed(seed)
     models = [ARCHITECTURES[arch]().train() for _ in range(3)]
     params = [p for m in models for p in m.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, weight_decay=5e-4)
-    options = None if SETTINGS[setting] is None else dict(SETTINGS[setting])
-    max_pull = None if options is None else options.pop("max_pull", None)
+    options = SETTINGS[setting]
     regularizer = (
         None
         if options is None
@@ -128,8 +110,7 @@ def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int
             terms = regularizer.terms(models, x, y)
             ce, loss = terms.ece, terms.ece + terms.total
             if terms.applied:
-                if max_pull is None:
-                    applied.append(float(terms.alpha_applied))
+                applied.append(float(terms.alpha_applied))
                 if ratio is None:
                     ratio = float(regularizer.alpha * terms.l_r.detach() / terms.ece.detach())
         ces.append(float(ce.detach()))
@@ -138,10 +119,7 @@ def run(arch: str, setting: str, batches: list, seed: int = 0, alpha_warmup: int
             print(f"  {arch} {setting} step {len(ces)}: mean CE {windows[-1]:.3f}", file=sys.stderr, flush=True)
         if not math.isfinite(ces[-1]):
             break
-        if max_pull is None or not terms.applied:
-            loss.backward()
-        else:
-            applied.append(pull_bounded_backward(params, terms.ece, terms.total, max_pull) * regularizer.alpha)
+        loss.backward()
         optimizer.step()
     caught.__exit__(None, None, None)
     finite = all(math.isfinite(c) for c in ces)

@@ -102,12 +102,13 @@ def test_missing_file_is_named(tmp_path):
 def test_checkpoints_we_write_load_with_weights_only_and_record_the_convention(tmp_path):
     train_edlcm(tmp_path / "run", every=2)
     raw = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert raw["format"] == 3 and raw["config"]["method_options"] == {
+    assert raw["format"] == 4 and raw["config"]["method_options"] == {
         "alpha": 1.0,
         "beta": 0.01,
         "h": DEFAULT_H,
         "reduction": "per_sample",
         "max_ratio": DEFAULT_MAX_RATIO,
+        "max_pull": None,
         "every": 2,
     }
     assert raw["method_state"]["_extra_state"]["calls"] == 2  # 128 images / batch 64
@@ -123,7 +124,7 @@ def test_old_format_edlcm_checkpoint_loads_as_the_sum_convention(tmp_path):
     old["config"]["method_options"] = {}
     atomic_save(old, path)
     _, config, _, _ = load_checkpoint(path)
-    assert config.method_options == {"reduction": "per_sample", "h": 0.1, "max_ratio": None}
+    assert config.method_options == {"reduction": "per_sample", "h": 0.1, "max_ratio": None, "max_pull": None}
 
 
 @pytest.mark.parametrize("reduction, expected", [("sum", "per_sample"), ("mean", "mean")])
@@ -138,14 +139,29 @@ def test_format_2_checkpoints_load_with_the_options_they_were_trained_with(tmp_p
     old["config"]["method_options"] = {"reduction": reduction}
     atomic_save(old, path)
     _, config, _, _ = load_checkpoint(path)
-    assert config.method_options == {"h": 0.1, "max_ratio": None, "reduction": expected}
+    assert config.method_options == {"h": 0.1, "max_ratio": None, "max_pull": None, "reduction": expected}
     train_edlcm(out, epochs=2, resume=True)
     resumed = torch.load(path, weights_only=True)
-    assert resumed["format"] == 3
+    assert resumed["format"] == 4
     assert resumed["config"]["method_options"] == {
         "alpha": 1.0,
         "beta": 0.01,
         "h": 0.1,
         "reduction": expected,
         "max_ratio": None,
+        "max_pull": None,
     }
+
+
+def test_format_3_checkpoints_load_without_a_bound_on_the_pull(tmp_path):
+    """Format 3 recorded every knob but max_pull, which did not exist: those runs had no bound, whatever
+    today's default."""
+    out = tmp_path / "run"
+    train_edlcm(out)
+    path = str(out / "checkpoint.pt")
+    old = torch.load(path, weights_only=True)
+    old["format"] = 3
+    del old["config"]["method_options"]["max_pull"]
+    atomic_save(old, path)
+    _, config, _, _ = load_checkpoint(path)
+    assert config.method_options["max_pull"] is None and config.method_options["max_ratio"] == DEFAULT_MAX_RATIO

@@ -3,6 +3,7 @@ closed form for softmax regression, and a second implementation written here fro
 
 import copy
 import itertools
+import math
 
 import pytest
 import torch
@@ -144,3 +145,31 @@ def test_max_ratio_caps_alpha_times_l_r_at_that_multiple_of_the_ce():
     assert_grads_close(parameter_grads(models, terms.ece + terms.total), parameter_grads(twins, loss))
     uncapped = HvpCurvatureLoss(alpha=alpha, beta=beta, max_ratio=None).terms(copy.deepcopy(twins), x, y)
     torch.testing.assert_close(uncapped.total, alpha * l_r + beta * l_g, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("max_pull, engaged", [(0.05, True), (1e6, False)])
+def test_max_pull_bounds_the_regularizers_weight_gradient_at_that_multiple_of_the_ces(max_pull, engaged):
+    """Softmax regressions by formula, no cap: with max_pull the gradient is that of CE + s (alpha L_r +
+    beta L_g) with the constant s = min(1, max_pull |grad CE| / |grad(alpha L_r + beta L_g)|), the norms over
+    every member's parameters together; a loose bound leaves the plain step."""
+    torch.manual_seed(3)
+    dims, classes, alpha, beta = 6, 3, 1.0, 0.3
+    models = [torch.nn.Linear(dims, classes).double() for _ in range(3)]
+    with torch.no_grad():
+        for model in models:
+            model.weight.mul_(4)
+    twins = copy.deepcopy(models)
+    x, y = torch.randn(8, dims, dtype=torch.float64), torch.randint(0, classes, (8,))
+    terms = HvpCurvatureLoss(alpha=alpha, beta=beta, max_ratio=None, max_pull=max_pull).terms(models, x, y)
+    _, ce, l_r, l_g, _ = softmax_regression_terms(twins, x, y, h=0.1, max_ratio=math.inf, alpha=alpha, beta=beta)
+    params = [p for m in twins for p in m.parameters()]
+    ce_grads = torch.autograd.grad(ce, params, retain_graph=True)
+    regularizer_grads = torch.autograd.grad(alpha * l_r + beta * l_g, params)
+    ce_norm = math.sqrt(sum(float((g**2).sum()) for g in ce_grads))
+    regularizer_norm = math.sqrt(sum(float((g**2).sum()) for g in regularizer_grads))
+    s = min(1.0, max_pull * ce_norm / regularizer_norm)
+    assert (s < 0.5) == engaged
+    torch.testing.assert_close(terms.alpha_applied, torch.tensor(alpha * s, dtype=torch.float64), rtol=1e-10, atol=0)
+    torch.testing.assert_close(terms.total, s * (alpha * l_r + beta * l_g), rtol=1e-10, atol=0)
+    expected = [c + s * r for c, r in zip(ce_grads, regularizer_grads)]
+    assert_grads_close(parameter_grads(models, terms.ece + terms.total), expected)

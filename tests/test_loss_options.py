@@ -205,6 +205,27 @@ def test_dominance_warning_fires_once_for_an_absurd_alpha_and_not_for_the_defaul
         HvpCurvatureLoss().terms(models, x, y)
 
 
+def test_max_pull_on_a_batchnorm_cnn_scales_the_regularizers_gradient_before_the_schedule_weight():
+    """every=2 weighs the regularizing call by 2: the bound applies to the call's own pull (so the
+    amortized gradient stays 2x it), and the step is grad CE + 2 s grad(regularizer) with s taken from
+    an unbounded twin's two gradients."""
+    models = ensemble()
+    twins = copy.deepcopy(models)
+    x, y = batch()
+    terms = HvpCurvatureLoss(max_pull=0.005, every=2).terms(models, x, y)
+    plain = HvpCurvatureLoss(every=2).terms(twins, x, y)
+    params = [p for m in twins for p in m.parameters()]
+    ce_grads = torch.autograd.grad(plain.ece, params, retain_graph=True)
+    regularizer_grads = torch.autograd.grad(plain.total / 2, params)
+    norm = lambda grads: torch.sqrt(sum((g**2).sum() for g in grads))  # noqa: E731
+    s = min(1.0, float(0.005 * norm(ce_grads) / norm(regularizer_grads)))
+    assert s < 0.5  # engaged
+    torch.testing.assert_close(terms.total, 2 * s * plain.total.detach() / 2, rtol=1e-10, atol=0)
+    expected = [c + 2 * s * r for c, r in zip(ce_grads, regularizer_grads)]
+    for ours, theirs in zip(parameter_grads(models, terms.ece + terms.total), expected, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-8, atol=1e-11)
+
+
 def test_validation_call_under_no_grad_returns_detached_values_and_keeps_the_schedule():
     models = [m.eval() for m in ensemble()]
     x, y = batch()
@@ -225,6 +246,9 @@ def test_validation_call_under_no_grad_returns_detached_values_and_keeps_the_sch
         ({"batch_fraction": 1.5}, "batch_fraction"),
         ({"alpha_warmup": -1}, "alpha_warmup"),
         ({"reduction": "avg"}, "reduction"),
+        ({"max_ratio": -1.0}, "max_ratio"),
+        ({"max_pull": 0.0}, "max_pull"),
+        ({"max_pull": float("nan")}, "max_pull"),
     ],
 )
 def test_bad_option_values_name_the_option(kwargs, name):

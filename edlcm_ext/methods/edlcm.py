@@ -43,7 +43,14 @@ class EDLCM(Method):
 
     def recorded_options(self) -> dict:
         r = self.regularizer
-        options = {"alpha": r.alpha, "beta": r.beta, "h": r.h, "reduction": r.reduction, "max_ratio": r.max_ratio}
+        options = {
+            "alpha": r.alpha,
+            "beta": r.beta,
+            "h": r.h,
+            "reduction": r.reduction,
+            "max_ratio": r.max_ratio,
+            "max_pull": r.max_pull,
+        }
         return {key: value for key, value in options.items() if key not in self.fixed}
 
     def divergence_hint(self) -> str:
