@@ -124,19 +124,25 @@ def test_default_scale_is_the_per_sample_closed_form_at_h_0_3_for_any_batch_size
         torch.testing.assert_close(terms.ece + terms.total, loss, rtol=1e-12, atol=0)
 
 
+def steep_softmax_regressions(seed: int, steepness: float, dims: int = 6, classes: int = 3, batch: int = 8):
+    """Three float64 softmax regressions with weights scaled by ``steepness`` (their curvature grows with
+    it), a deep copy of them, and a random batch: (models, twins, x, y)."""
+    torch.manual_seed(seed)
+    models = [torch.nn.Linear(dims, classes).double() for _ in range(3)]
+    with torch.no_grad():
+        for model in models:
+            model.weight.mul_(steepness)
+    x, y = torch.randn(batch, dims, dtype=torch.float64), torch.randint(0, classes, (batch,))
+    return models, copy.deepcopy(models), x, y
+
+
 def test_max_ratio_caps_alpha_times_l_r_at_that_multiple_of_the_ce():
     """Steeper softmax regressions and a low cap: alpha * L_r would be above max_ratio * CE, so the
     loss is CE + max_ratio * CE + beta * L_g in value, and its gradient is that of CE + c L_r + beta L_g
     with the constant c = max_ratio * CE / L_r (the cap is not differentiated). (Much steeper weights
     saturate the softmax, and round-off then flips signs of near-zero input gradients, so g differs.)"""
-    torch.manual_seed(2)
-    dims, classes, alpha, beta, max_ratio = 6, 3, 1.0, 0.3, 0.002
-    models = [torch.nn.Linear(dims, classes).double() for _ in range(3)]
-    with torch.no_grad():
-        for model in models:
-            model.weight.mul_(8)
-    twins = copy.deepcopy(models)
-    x, y = torch.randn(8, dims, dtype=torch.float64), torch.randint(0, classes, (8,))
+    alpha, beta, max_ratio = 1.0, 0.3, 0.002
+    models, twins, x, y = steep_softmax_regressions(seed=2, steepness=8)
     terms = HvpCurvatureLoss(alpha=alpha, beta=beta, max_ratio=max_ratio).terms(models, x, y)
     loss, ce, l_r, l_g, used = softmax_regression_terms(twins, x, y, h=0.1, max_ratio=max_ratio, alpha=alpha, beta=beta)
     assert used < 0.5 * alpha  # engaged
@@ -152,14 +158,8 @@ def test_max_pull_bounds_the_regularizers_weight_gradient_at_that_multiple_of_th
     """Softmax regressions by formula, no cap: with max_pull the gradient is that of CE + s (alpha L_r +
     beta L_g) with the constant s = min(1, max_pull |grad CE| / |grad(alpha L_r + beta L_g)|), the norms over
     every member's parameters together; a loose bound leaves the plain step."""
-    torch.manual_seed(3)
-    dims, classes, alpha, beta = 6, 3, 1.0, 0.3
-    models = [torch.nn.Linear(dims, classes).double() for _ in range(3)]
-    with torch.no_grad():
-        for model in models:
-            model.weight.mul_(4)
-    twins = copy.deepcopy(models)
-    x, y = torch.randn(8, dims, dtype=torch.float64), torch.randint(0, classes, (8,))
+    alpha, beta = 1.0, 0.3
+    models, twins, x, y = steep_softmax_regressions(seed=3, steepness=4)
     terms = HvpCurvatureLoss(alpha=alpha, beta=beta, max_ratio=None, max_pull=max_pull).terms(models, x, y)
     _, ce, l_r, l_g, _ = softmax_regression_terms(twins, x, y, h=0.1, max_ratio=math.inf, alpha=alpha, beta=beta)
     params = [p for m in twins for p in m.parameters()]
