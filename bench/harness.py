@@ -25,6 +25,7 @@ class Mode:
     amp: bool = False
     every: int = 1
     batch_fraction: float = 1.0
+    max_pull: float | None = None
     method: str = ""  # with loss="method": a name from edlcm_ext.methods
     # the loss through torch.compile (edlcm_ext.compiled): "inductor" (generated kernels) or "graphed"
     # (the same, replayed as CUDA graphs: mode="reduce-overhead", CUDA only)
@@ -37,10 +38,11 @@ BASE_MODES = {
     "fused": Mode("fused"),
     "every4": Mode("fused", every=4),
     "fraction25": Mode("fused", batch_fraction=0.25),
+    "pull03": Mode("fused", max_pull=0.3),
     "first_order": Mode("first_order"),
 }
 # Layout and precision variants a speed-minded user runs: the best plain one is the baseline.
-LAYOUT_MODES = ("plain", "reference", "fused", "every4", "fraction25")
+LAYOUT_MODES = ("plain", "reference", "fused", "every4", "fraction25", "pull03")
 AMP_MODES = ("plain", "fused", "every4")
 # base and edlcm are plain and fused above.
 OTHER_METHODS = tuple(name for name in sorted(METHODS) if name not in ("base", "edlcm"))
@@ -136,6 +138,7 @@ def make_step(mode: Mode, models: list[torch.nn.Module], foreach: bool | None = 
         gradient="first_order" if mode.loss == "first_order" else "exact",
         every=mode.every,
         batch_fraction=mode.batch_fraction,
+        max_pull=mode.max_pull,
         compiled=COMPILE_OPTIONS[mode.compiled] if mode.compiled and mode.loss == "fused" else False,
     )
 
