@@ -61,8 +61,8 @@ class HvpCurvatureLoss(nn.Module):
         max_pull: bound the regularizer's pull instead of its value: on each batch, alpha and beta
             are lowered by a detached factor so that the norm of alpha * L_r + beta * L_g's gradient
             over the members' parameters is at most max_pull times the norm of the CE's
-            (``alpha_applied`` includes the factor; beta gets the same). Both gradients are taken in
-            the call (1.3x the unbounded step on 3x small_cnn on a CPU: docs/loss.md). The regularizer's parameter gradient is taken inside the call,
+            (``alpha_applied`` includes the factor; beta gets the same). Both weight gradients are
+            taken inside the call (1.3x the unbounded step on 3x small_cnn on a CPU: docs/loss.md),
             so ``total`` passes gradient to the members' parameters only (not to x or other
             tensors). None (default): no bound. docs/defaults.md measures it on torchvision resnet34.
         every: lazy regularization (as StyleGAN2's lazy R1): the regularizer runs on one training
