@@ -54,7 +54,8 @@ SETTINGS = {
     # A candidate safeguard (HvpCurvatureLoss's max_pull): the regularizer's weight gradient scaled
     # down to at most max_pull times the CE's, its value cap off. "smallest alpha applied" includes it.
     "pull1": {"max_ratio": None, "max_pull": 1.0},
-    # Weaker: below small_cnn's natural pull (0.24-0.48 of the CE's), so it engages there too.
+    # Weaker: within small_cnn's probed pull (0.24-0.48 of the CE's), though in training it barely
+    # engaged there (docs/defaults.md).
     "pull0.3": {"max_ratio": None, "max_pull": 0.3},
 }
 # Steps (before their update) at which run() probes the default's uncapped pull; and the last.
