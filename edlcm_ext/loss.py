@@ -266,6 +266,8 @@ class HvpCurvatureLoss(nn.Module):
         parameters (s detached). Both gradients are taken here, total's the one expensive double backward
         it needs anyway; the returned total hands its gradient back to the caller's backward unchanged."""
         params = [p for model in models for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("max_pull bounds the pull on the members' parameters, but none of them requires grad")
         # Both graphs share the forward pass at x, which the caller's backward of ece still needs.
         ce_grads = torch.autograd.grad(terms.ece, params, retain_graph=True, allow_unused=True)
         total_grads = torch.autograd.grad(terms.total, params, retain_graph=True, allow_unused=True)

@@ -226,6 +226,15 @@ def test_max_pull_on_a_batchnorm_cnn_scales_the_regularizers_gradient_before_the
         torch.testing.assert_close(ours, theirs, rtol=1e-8, atol=1e-11)
 
 
+def test_max_pull_on_frozen_members_names_max_pull():
+    models = ensemble()
+    for model in models:
+        model.requires_grad_(False)
+    x, y = batch()
+    with pytest.raises(ValueError, match="^max_pull bounds the pull"):
+        HvpCurvatureLoss(max_pull=0.3).terms(models, x, y)
+
+
 def test_validation_call_under_no_grad_returns_detached_values_and_keeps_the_schedule():
     models = [m.eval() for m in ensemble()]
     x, y = batch()
