@@ -7,8 +7,9 @@
 # Each run keeps its checkpoint, logs and attack flags in results/cifar10_full/runs/<name> and
 # commits every finished epoch and evaluation (experiments/persistent_run.sh): stop it anywhere, rerun
 # it on any machine, and it continues. Runs go in priority order. On 2 CPU cores (one thread, beside
-# one other job) an EDLCM run takes ~3 h 15 min of training and ~30 min of evaluation, a Base run
-# ~50 + 30 min: ~30 h in all (docs/results.md; its table's min/epoch column has each run's measure).
+# one or two other jobs) an EDLCM run took 1.5-3 h of training and 30-45 min of evaluation, a Base
+# run under an hour + 30 min: about a day in all (docs/results.md; its table's min/epoch column has
+# each run's measure).
 #   nohup bash experiments/cifar10_full.sh > cifar10_full.log 2>&1 &
 #   ATTACKS=default,autoattack bash experiments/cifar10_full.sh   # then torchattacks' AutoAttack row too
 #   python experiments/evidence_report.py   # tables, figure and docs/results.md from the committed runs

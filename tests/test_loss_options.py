@@ -220,7 +220,7 @@ def test_max_pull_on_a_batchnorm_cnn_scales_the_regularizers_gradient_before_the
     norm = lambda grads: torch.sqrt(sum((g**2).sum() for g in grads))  # noqa: E731
     s = min(1.0, float(0.005 * norm(ce_grads) / norm(regularizer_grads)))
     assert s < 0.5  # engaged
-    torch.testing.assert_close(terms.total, 2 * s * plain.total.detach() / 2, rtol=1e-10, atol=0)
+    torch.testing.assert_close(terms.total, s * plain.total.detach(), rtol=1e-10, atol=0)  # plain.total is 2x its pull
     expected = [c + 2 * s * r for c, r in zip(ce_grads, regularizer_grads)]
     for ours, theirs in zip(parameter_grads(models, terms.ece + terms.total), expected, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-8, atol=1e-11)
