@@ -6,8 +6,8 @@ RESULTS_JSON is `edlcm eval`'s results.json; BENCH_JSON a `bench/step.py --metho
 --record) report. The cost of a run is the step time of its bench mode over the Base run's, both
 timed side by side in that one bench run: the epoch times in the runs' own logs are no cost measure
 when the runs shared the machine with other work. A run's bench mode follows from the config.json
-next to its checkpoint (method, every, batch_fraction, channels_last); alpha, beta and the seed do
-not change a step's cost. Writes cost_robustness.md (table) and cost_robustness.png (one point per
+next to its checkpoint (method, every, batch_fraction, max_pull, channels_last); alpha, beta, max_pull's
+value and the seed do not change a step's cost. Writes cost_robustness.md (table) and cost_robustness.png (one point per
 run and eps) to OUT_DIR.
 """
 
@@ -27,10 +27,11 @@ def bench_mode(config: dict) -> str:
     """The bench/step.py mode that times one training step of the run described by ``config``."""
     method, options = config["method"], config.get("method_options", {})
     every, fraction = options.get("every", 1), options.get("batch_fraction", 1.0)
+    bounded = options.get("max_pull") is not None
     if method != "edlcm" and (every != 1 or fraction != 1.0):
         raise ValueError(f"bench/step.py times {method!r} at every=1, batch_fraction=1 only, got {options}")
-    if every != 1 and fraction != 1.0:
-        raise ValueError(f"no bench mode combines every and batch_fraction, got {options}")
+    if (every != 1) + (fraction != 1.0) + bounded > 1:
+        raise ValueError(f"no bench mode combines two of every, batch_fraction and max_pull, got {options}")
     if method == "base":
         name = "plain"
     elif method != "edlcm":
@@ -39,6 +40,8 @@ def bench_mode(config: dict) -> str:
         name = f"every{every}"
     elif fraction != 1.0:
         name = f"fraction{round(100 * fraction)}"
+    elif bounded:
+        name = "pull03"  # the bound's value does not change a step's work: both gradients are always taken
     else:
         name = "fused"
     return name + ("_cl" if config.get("channels_last") else "")

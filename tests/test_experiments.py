@@ -33,6 +33,11 @@ paper_defaults = load_script("paper_defaults")
         ({"method": "edlcm", "method_options": {"every": 4, "alpha": 10.0}}, "every4"),
         ({"method": "edlcm", "method_options": {"batch_fraction": 0.25}, "channels_last": True}, "fraction25_cl"),
         ({"method": "gal", "method_options": {"beta": 0.5}}, "gal"),
+        (
+            {"method": "edlcm", "method_options": {"max_ratio": None, "max_pull": 0.1}, "channels_last": True},
+            "pull03_cl",
+        ),
+        ({"method": "edlcm", "method_options": {"max_pull": None}}, "fused"),
     ],
 )
 def test_bench_mode_of_a_run(config, mode):
@@ -42,8 +47,10 @@ def test_bench_mode_of_a_run(config, mode):
 def test_runs_without_a_bench_mode_are_refused():
     with pytest.raises(ValueError, match="every=1, batch_fraction=1 only"):
         cost_robustness.bench_mode({"method": "pdd", "method_options": {"every": 4}})
-    with pytest.raises(ValueError, match="combines every and batch_fraction"):
+    with pytest.raises(ValueError, match="combines two of every, batch_fraction and max_pull"):
         cost_robustness.bench_mode({"method": "edlcm", "method_options": {"every": 2, "batch_fraction": 0.5}})
+    with pytest.raises(ValueError, match="combines two of every, batch_fraction and max_pull"):
+        cost_robustness.bench_mode({"method": "edlcm", "method_options": {"every": 4, "max_pull": 0.1}})
 
 
 def test_table_and_figure_from_eval_and_bench_reports(tmp_path):
