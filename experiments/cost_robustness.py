@@ -6,9 +6,9 @@ RESULTS_JSON is `edlcm eval`'s results.json; BENCH_JSON a `bench/step.py --metho
 --record) report. The cost of a run is the step time of its bench mode over the Base run's, both
 timed side by side in that one bench run: the epoch times in the runs' own logs are no cost measure
 when the runs shared the machine with other work. A run's bench mode follows from the config.json
-next to its checkpoint (method, every, batch_fraction, max_pull, channels_last); alpha, beta, max_pull's
-value and the seed do not change a step's cost. Writes cost_robustness.md (table) and cost_robustness.png (one point per
-run and eps) to OUT_DIR.
+next to its checkpoint (method, every, batch_fraction, max_pull, channels_last); alpha, beta,
+max_pull's value and the seed do not change a step's cost. Writes cost_robustness.md (table) and
+cost_robustness.png (one point per run and eps) to OUT_DIR.
 """
 
 from __future__ import annotations

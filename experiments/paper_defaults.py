@@ -57,7 +57,7 @@ SETTINGS = {
     # Weaker: within small_cnn's probed pull (0.24-0.48 of the CE's), though in training it barely
     # engaged there (docs/defaults.md).
     "pull0.3": {"max_ratio": None, "max_pull": 0.3},
-    # Gentler defaults for the full budget, where the default costs 8.6 points of clean accuracy
+    # Gentler default candidates for the full budget, where the default costs 8.6 points of clean accuracy
     # (docs/defaults.md): a tenth of small_cnn's natural pull, and a step h a tenth of the default's.
     "pull0.1": {"max_ratio": None, "max_pull": 0.1},
     "h0.01": {"h": 0.01},
