@@ -12,7 +12,7 @@ like on one machine in one run. A step is zero_grad + loss + backward + optimize
 - fused:     EDLCM through edlcm_ext.HvpCurvatureLoss (fused BatchNorm and Conv2d double backward, fused statistics)
 - every4:    HvpCurvatureLoss(every=4); one sample times 4 consecutive steps, divided by 4
 - fraction25: HvpCurvatureLoss(batch_fraction=0.25)
-- pull03:    HvpCurvatureLoss(max_pull=0.3), the pull bound's extra CE backward
+- bounded:   HvpCurvatureLoss(max_pull=0.1), the pull bound's separate CE backward
 - first_order: HvpCurvatureLoss(gradient="first_order"), the approximate mode with no double backward
   (its agreement with the exact gradient: bench/first_order.py)
 - with --compiled, the compiled path (edlcm_ext.compiled) in channels_last: plain_compiled_cl,

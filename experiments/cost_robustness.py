@@ -41,7 +41,7 @@ def bench_mode(config: dict) -> str:
     elif fraction != 1.0:
         name = f"fraction{round(100 * fraction)}"
     elif bounded:
-        name = "pull03"  # the bound's value does not change a step's work: both gradients are always taken
+        name = "bounded"  # the bound's value does not change a step's work: both gradients are always taken
     else:
         name = "fused"
     return name + ("_cl" if config.get("channels_last") else "")

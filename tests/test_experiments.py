@@ -35,7 +35,7 @@ paper_defaults = load_script("paper_defaults")
         ({"method": "gal", "method_options": {"beta": 0.5}}, "gal"),
         (
             {"method": "edlcm", "method_options": {"max_ratio": None, "max_pull": 0.1}, "channels_last": True},
-            "pull03_cl",
+            "bounded_cl",
         ),
         ({"method": "edlcm", "method_options": {"max_pull": None}}, "fused"),
     ],
