@@ -114,7 +114,7 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
         else "",
         "min/epoch: the median wall-clock minutes of a training epoch, as the run logged them (on whatever machine "
         "and beside whatever jobs it ran; the run's commits say where).",
-        "alpha applied: the epoch mean of the weight L_r got; below alpha only where the max_ratio cap engaged.",
+        "alpha applied: the epoch mean of the weight L_r got; below alpha only where the max_ratio cap or the max_pull bound engaged.",
     ]
     return "\n".join(lines) + "\n\n" + " ".join(n for n in notes if n) + "\n"
 
