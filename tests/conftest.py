@@ -47,8 +47,10 @@ def parameter_grads(models, loss):
     return torch.autograd.grad(loss, [p for m in models for p in m.parameters()])
 
 
-def train_edlcm(out, epochs: int = 1, resume: bool = False, compile: bool = False, **method_options):
-    """An EDLCM run on 128 digits, its checkpoint at out/checkpoint.pt."""
+def train_edlcm(
+    out, epochs: int = 1, resume: bool = False, compile: bool = False, stop_after: int | None = None, **method_options
+):
+    """An EDLCM run on 128 digits, its checkpoint at out/checkpoint.pt (``stop_after``: as train's)."""
     config = TrainConfig(
         method="edlcm",
         dataset="digits",
@@ -60,4 +62,4 @@ def train_edlcm(out, epochs: int = 1, resume: bool = False, compile: bool = Fals
         compile=compile,
         method_options=method_options,
     )
-    return train(config, resume=resume)
+    return train(config, resume=resume, stop_after=stop_after)

@@ -114,6 +114,19 @@ def test_checkpoints_we_write_load_with_weights_only_and_record_the_convention(t
     assert raw["method_state"]["_extra_state"]["calls"] == 2  # 128 images / batch 64
 
 
+def test_a_resumed_lazy_run_regularizes_on_the_same_calls_as_an_uninterrupted_one(tmp_path):
+    """every=3 over two epochs of two batches: calls 0 and 3 regularize. Stopped after epoch 1 and
+    resumed, the schedule's counter comes back from the checkpoint, so the weights end bit-identical
+    (a counter reset to 0 would regularize call 2 instead of 3)."""
+    train_edlcm(tmp_path / "whole", epochs=2, every=3)
+    train_edlcm(tmp_path / "split", epochs=2, stop_after=1, every=3)
+    train_edlcm(tmp_path / "split", epochs=2, resume=True, every=3)
+    whole, split = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("whole", "split"))
+    assert whole["method_state"]["_extra_state"]["calls"] == split["method_state"]["_extra_state"]["calls"] == 4
+    assert whole["ensemble"].keys() == split["ensemble"].keys()
+    assert all(torch.equal(whole["ensemble"][key], split["ensemble"][key]) for key in whole["ensemble"])
+
+
 def test_old_format_edlcm_checkpoint_loads_as_the_sum_convention(tmp_path):
     """Format-1 checkpoints (before `reduction` existed) were trained under "sum" (now "per_sample"),
     with h 0.1 and no cap."""

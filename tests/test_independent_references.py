@@ -153,6 +153,29 @@ def test_max_ratio_caps_alpha_times_l_r_at_that_multiple_of_the_ce():
     torch.testing.assert_close(uncapped.total, alpha * l_r + beta * l_g, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("engaged", [True, False], ids=["cap_engaged", "cap_only_above_k_weight"])
+def test_max_ratio_under_every_k_caps_the_calls_own_term_then_weights_it_by_k(engaged):
+    """every=k: the cap compares the call's own alpha * L_r with max_ratio * CE, exactly as the every=1
+    step on that batch would, and the weight k multiplies the result. Engaged: the regularizing call is
+    k (max_ratio CE + beta L_g) with the exact step's alpha_applied (the cap lets no k-times weight
+    through that it would have capped). Not engaged, with the cap between alpha L_r and k alpha L_r:
+    the call is k (alpha L_r + beta L_g) in full (the cap does not cancel the k weighting)."""
+    alpha, beta, k = 1.0, 0.3, 4
+    models, twins, x, y = steep_softmax_regressions(seed=2, steepness=8)
+    _, ce, l_r, l_g, _ = softmax_regression_terms(copy.deepcopy(twins), x, y, 0.1, math.inf, alpha, beta)
+    ratio = alpha * l_r.item() / ce.item()  # alpha L_r / CE on this batch
+    max_ratio = ratio / 2 if engaged else 2 * ratio  # not engaged: alpha L_r < cap CE < k alpha L_r
+    loss, ce, l_r, l_g, used = softmax_regression_terms(twins, x, y, 0.1, max_ratio, alpha, beta)
+    assert (used < alpha) == engaged
+    lazy = HvpCurvatureLoss(alpha=alpha, beta=beta, max_ratio=max_ratio, every=k)
+    terms = lazy.terms(models, x, y)
+    assert terms.applied
+    torch.testing.assert_close(terms.alpha_applied, torch.tensor(used, dtype=torch.float64), rtol=1e-12, atol=0)
+    expected_total = k * ((max_ratio * ce if engaged else alpha * l_r) + beta * l_g)
+    torch.testing.assert_close(terms.total, expected_total, rtol=1e-12, atol=0)
+    assert_grads_close(parameter_grads(models, terms.ece + terms.total), parameter_grads(twins, ce + k * (loss - ce)))
+
+
 @pytest.mark.parametrize("max_pull, engaged", [(0.05, True), (1e6, False)])
 def test_max_pull_bounds_the_regularizers_weight_gradient_at_that_multiple_of_the_ces(max_pull, engaged):
     """Softmax regressions by formula, no cap: with max_pull the gradient is that of CE + s (alpha L_r +
