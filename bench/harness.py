@@ -37,14 +37,16 @@ BASE_MODES = {
     "reference": Mode("reference"),
     "fused": Mode("fused"),
     "every4": Mode("fused", every=4),
+    "every8": Mode("fused", every=8),
+    "every16": Mode("fused", every=16),
     "fraction25": Mode("fused", batch_fraction=0.25),
     # The bound takes the CE's weight gradient apart from the regularizer's whatever its value.
     "bounded": Mode("fused", max_pull=0.1),
     "first_order": Mode("first_order"),
 }
 # Layout and precision variants a speed-minded user runs: the best plain one is the baseline.
-LAYOUT_MODES = ("plain", "reference", "fused", "every4", "fraction25", "bounded")
-AMP_MODES = ("plain", "fused", "every4")
+LAYOUT_MODES = ("plain", "reference", "fused", "every4", "every8", "every16", "fraction25", "bounded")
+AMP_MODES = ("plain", "fused", "every4", "every8", "every16")
 # base and edlcm are plain and fused above.
 OTHER_METHODS = tuple(name for name in sorted(METHODS) if name not in ("base", "edlcm"))
 
@@ -70,7 +72,13 @@ def mode_table(amp: bool, methods: bool = False, compiled: bool = False, graphed
 # The compiled path (bench/step.py --compiled): plain and EDLCM alike, in the faster layout.
 COMPILED_MODES = {
     f"{prefix}{kind}_cl": Mode(loss, channels_last=True, every=every, compiled=kind.replace("compiled", "inductor"))
-    for prefix, loss, every in (("plain_", "plain", 1), ("", "fused", 1), ("every4_", "fused", 4))
+    for prefix, loss, every in (
+        ("plain_", "plain", 1),
+        ("", "fused", 1),
+        ("every4_", "fused", 4),
+        ("every8_", "fused", 8),
+        ("every16_", "fused", 16),
+    )
     for kind in ("compiled", "graphed")
 }
 COMPILE_OPTIONS = {"inductor": {}, "graphed": {"mode": "reduce-overhead"}}

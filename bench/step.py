@@ -10,14 +10,14 @@ like on one machine in one run. A step is zero_grad + loss + backward + optimize
 - plain:     sum_m CE_m (the Base ensemble, eq 2)
 - reference: EDLCM (eq 11) in plain PyTorch, edlcm_ext.reference
 - fused:     EDLCM through edlcm_ext.HvpCurvatureLoss (fused BatchNorm and Conv2d double backward, fused statistics)
-- every4:    HvpCurvatureLoss(every=4); one sample times 4 consecutive steps, divided by 4
+- every4, every8, every16: HvpCurvatureLoss(every=k); one sample times k consecutive steps, divided by k
 - fraction25: HvpCurvatureLoss(batch_fraction=0.25)
 - bounded:   HvpCurvatureLoss(max_pull=0.1), the pull bound's separate CE backward
 - first_order: HvpCurvatureLoss(gradient="first_order"), the approximate mode with no double backward
   (its agreement with the exact gradient: bench/first_order.py)
 - with --compiled, the compiled path (edlcm_ext.compiled) in channels_last: plain_compiled_cl,
-  compiled_cl (exact EDLCM), every4_compiled_cl (Inductor's kernels); on CUDA also plain_graphed_cl,
-  graphed_cl, every4_graphed_cl (the same replayed as CUDA graphs, mode="reduce-overhead"). The
+  compiled_cl (exact EDLCM), every{4,8,16}_compiled_cl (Inductor's kernels); on CUDA also plain_graphed_cl,
+  graphed_cl, every{4,8,16}_graphed_cl (the same replayed as CUDA graphs, mode="reduce-overhead"). The
   first step of a mode (compilation included) is timed apart, and the epoch equivalent of 50k
   images adds it once.
 - with --methods, every other training method of edlcm_ext.methods at its defaults (adp, gal, deg,
