@@ -27,6 +27,7 @@ class Mode:
     batch_fraction: float = 1.0
     max_pull: float | None = None
     method: str = ""  # with loss="method": a name from edlcm_ext.methods
+    options: tuple[tuple[str, object], ...] = ()  # the method's options (build_method keywords)
     # the loss through torch.compile (edlcm_ext.compiled): "inductor" (generated kernels) or "graphed"
     # (the same, replayed as CUDA graphs: mode="reduce-overhead", CUDA only)
     compiled: str = ""
@@ -49,6 +50,13 @@ LAYOUT_MODES = ("plain", "reference", "fused", "every4", "every8", "every16", "f
 AMP_MODES = ("plain", "fused", "every4", "every8", "every16")
 # base and edlcm are plain and fused above.
 OTHER_METHODS = tuple(name for name in sorted(METHODS) if name not in ("base", "edlcm"))
+# Methods at other options than their defaults: PGD adversarial training at k steps (at's default is
+# the single-step form), to pick the k whose step costs what exact EDLCM's does (docs/results.md).
+# Named with --modes only (not part of --methods).
+VARIANT_MODES = {
+    f"at_pgd{k}_cl": Mode("method", channels_last=True, method="at", options=(("steps", k),))
+    for k in (2, 3, 4, 5, 7, 10)
+}
 
 
 def mode_table(amp: bool, methods: bool = False, compiled: bool = False, graphed: bool = False) -> dict[str, Mode]:
@@ -84,7 +92,10 @@ COMPILED_MODES = {
 COMPILE_OPTIONS = {"inductor": {}, "graphed": {"mode": "reduce-overhead"}}
 
 MODES = mode_table(amp=False)
-ALL_MODES = mode_table(amp=True, methods=True, compiled=True, graphed=True)  # what --modes may name
+ALL_MODES = {
+    **mode_table(amp=True, methods=True, compiled=True, graphed=True),
+    **VARIANT_MODES,
+}  # what --modes may name
 # EDLCM's exact modes and the pure-PyTorch reference in the same layout, timed against each other
 REFERENCE_OF = {
     "fused": "reference",
@@ -151,7 +162,7 @@ def make_step(mode: Mode, models: list[torch.nn.Module], foreach: bool | None = 
         compiled=COMPILE_OPTIONS[mode.compiled] if mode.compiled and mode.loss == "fused" else False,
     )
 
-    method = build_method(mode.method) if mode.loss == "method" else None
+    method = build_method(mode.method, **dict(mode.options)) if mode.loss == "method" else None
     ensemble = Ensemble(models)
 
     def plain_loss(x, y):

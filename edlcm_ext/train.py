@@ -198,6 +198,7 @@ def _train(
         # Per-epoch seeds make an interrupted and resumed run draw the same augmentations and masks.
         torch.manual_seed(config.seed * 1_000_003 + epoch * 1009 + rank)
         sampler.set_epoch(epoch)
+        method.set_progress(epoch, config.epochs)
         ensemble.train()
         started, step_log = time.perf_counter(), _StepLog(device)
         bar = tqdm(

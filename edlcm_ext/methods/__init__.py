@@ -51,6 +51,10 @@ class Method:
         a later change of default never changes what a checkpoint means (e.g. EDLCM's reduction)."""
         return {}
 
+    def set_progress(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer as epoch ``epoch`` (0-based) of ``epochs`` starts, for methods whose
+        loss follows the training schedule (TRS's neighbour radius); a no-op by default."""
+
     def divergence_hint(self) -> str:
         """What to try when this method's loss becomes non-finite (shown by the trainer)."""
         return ""
@@ -77,4 +81,4 @@ def build_method(name: str, **overrides) -> Method:
     return METHODS[name](**overrides)
 
 
-from . import adp, edlcm, gradient_alignment, pdd, plain  # noqa: E402,F401  (registers the methods)
+from . import adp, adversarial_training, edlcm, gradient_alignment, pdd, plain, trs  # noqa: E402,F401  (registers the methods)
