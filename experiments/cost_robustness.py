@@ -34,6 +34,8 @@ def bench_mode(config: dict) -> str:
         raise ValueError(f"no bench mode combines two of every, batch_fraction and max_pull, got {options}")
     if method == "base":
         name = "plain"
+    elif method == "at" and options.get("steps", 1) > 1:
+        name = f"at_pgd{options['steps']}"  # PGD adversarial training (bench/harness.py's VARIANT_MODES)
     elif method != "edlcm":
         name = method
     elif every != 1:

@@ -38,6 +38,9 @@ paper_defaults = load_script("paper_defaults")
             "bounded_cl",
         ),
         ({"method": "edlcm", "method_options": {"max_pull": None}}, "fused"),
+        ({"method": "at", "method_options": {"steps": 1, "eps": 0.01}, "channels_last": True}, "at_cl"),
+        ({"method": "at", "method_options": {"steps": 4, "eps": 0.01}, "channels_last": True}, "at_pgd4_cl"),
+        ({"method": "trs", "channels_last": True}, "trs_cl"),
     ],
 )
 def test_bench_mode_of_a_run(config, mode):
