@@ -22,7 +22,7 @@ from .devices import resolve_device
 from .eval_job import DEFAULT_EPS, EvalSettings, run_evaluation
 from .evaluate import robust_accuracy
 from .methods import METHODS, build_method
-from .models import MODELS
+from .models import MODELS, build_model
 from .report import markdown_table
 from .train import NonFiniteLossError, train
 
@@ -91,6 +91,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     parser.add_argument("--method", default=defaults.method, choices=sorted(METHODS), help="training method")
     parser.add_argument("--arch", default=defaults.arch, choices=sorted(MODELS), help="architecture of every member")
+    parser.add_argument(
+        "--width", type=POSITIVE_INT, default=defaults.width, help="channel width multiplier of small_cnn's members"
+    )
     parser.add_argument("--members", type=POSITIVE_INT, default=defaults.members, help="ensemble size M")
     parser.add_argument(
         "--dataset", default=defaults.dataset, choices=DATASETS, help="digits is embedded; the others read --data-dir"
@@ -178,6 +181,11 @@ def check_train_config(config: TrainConfig, resume: bool) -> None:
             f"--members: method {config.method!r} compares members and needs >= {method.members_needed()}, "
             f"got {config.members}" + (" (or --set beta=0)" if config.method == "edlcm" else "")
         )
+    if config.width != 1:
+        try:
+            build_model(config.arch, 2, width=config.width)
+        except ValueError as error:
+            raise ValueError(f"--{error}") from None
     checkpoint = os.path.join(config.out_dir, "checkpoint.pt")
     if os.path.exists(checkpoint) and not resume:
         raise ValueError(f"--out-dir: {checkpoint} exists; pass --resume to continue it, or choose another --out-dir")

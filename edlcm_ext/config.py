@@ -10,6 +10,7 @@ from typing import Any
 class TrainConfig:
     method: str = "edlcm"
     arch: str = "small_cnn"
+    width: int = 1  # channel multiplier of the architectures that take one (small_cnn); 1 for older runs
     members: int = 3
     dataset: str = "digits"
     data_dir: str | None = None

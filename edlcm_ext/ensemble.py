@@ -51,7 +51,7 @@ def build_ensemble(config: TrainConfig, info: DatasetInfo) -> Ensemble:
     """config.members freshly initialized members of config.arch for the dataset described by info."""
     return Ensemble(
         [
-            build_model(config.arch, info.num_classes, info.in_channels, info.mean, info.std)
+            build_model(config.arch, info.num_classes, info.in_channels, info.mean, info.std, config.width)
             for _ in range(config.members)
         ]
     )

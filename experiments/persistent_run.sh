@@ -14,6 +14,7 @@ repo=${REPO:-$(cd "$(dirname "$0")/.." && pwd)}  # REPO: commit into another clo
 DATA=${DATA:-$repo/../shared/data/cifar10-jpeg}
 RESULTS=${RESULTS:?set RESULTS, a folder inside the repository, e.g. results/defaults_sweep}
 ARCH=${ARCH:-small_cnn}
+WIDTH=${WIDTH:-1}        # small_cnn's channel multiplier (the capacity study, docs/results.md)
 EPOCHS=${EPOCHS:-20}
 SUBSET=${SUBSET:-0}      # >0: a fixed random subset of N training images
 SAMPLES=${SAMPLES:-500}  # fixed random test images attacked
@@ -45,7 +46,7 @@ commit() {  # commit only this run's folder; another git command may hold the in
 done_epochs=$( [ -f "$run_dir/log.jsonl" ] && wc -l < "$run_dir/log.jsonl" || echo 0 )
 for ((epoch = done_epochs + 1; epoch <= EPOCHS; epoch++)); do
   echo "== train $name epoch $epoch/$EPOCHS ($(date -u +%H:%M))"
-  $EDLCM train --method "$method" --seed "$seed" --dataset imagefolder --data-dir "$DATA" --arch "$ARCH" --members 3 \
+  $EDLCM train --method "$method" --seed "$seed" --dataset imagefolder --data-dir "$DATA" --arch "$ARCH" --width "$WIDTH" --members 3 \
     --epochs "$EPOCHS" --stop-after "$epoch" --train-subset "$SUBSET" --channels-last --no-progress --resume "${sets[@]}" \
     --out-dir "$run_dir"
   commit "Record: $name epoch $epoch/$EPOCHS ($method, seed $seed, ${*:-defaults}; $ARCH x3, subset ${SUBSET}, $(uname -m), $(date -u +%F))"

@@ -41,6 +41,10 @@ BAD_TRAIN = [
     (["--dataset", "cifar10", "--data-dir", "/missing"], "--data-dir", "--download"),
     (["--dataset", "imagefolder"], "--data-dir", "needs the folder"),
     (["--method", "magic"], "--method", "choose from"),
+    (["--arch", "resnet20", "--width", "2"], "--width", "no width multiplier"),
+    (["--width", "0"], "--width", ">= 1"),
+    (["--method", "at", "--set", "eps=0"], "--set", "eps must be a positive"),
+    (["--method", "trs", "--members", "1"], "--members", "needs >= 2"),
 ]
 if not torch.cuda.is_available():
     BAD_TRAIN.append((["--device", "cuda"], "--device", "no CUDA device is visible"))

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -71,3 +73,38 @@ def test_ensemble_outputs_log_of_mean_softmax():
     expected = torch.stack([m(x).softmax(1) for m in members]).mean(0)
     torch.testing.assert_close(ensemble(x).exp(), expected)
     assert torch.equal(ensemble.predict(x), expected.argmax(1))
+
+
+def conv_channels(model):
+    return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_small_cnn_width_multiplies_every_stage_and_width_1_is_the_original():
+    """Width 1 is the architecture every committed small_cnn checkpoint was trained with: 16, 32, 64
+    channels, 3x3 convolutions without bias, BatchNorm, a 64 -> classes linear layer (73,418 parameters
+    at 10 classes, written out here)."""
+    original = build_model("small_cnn", 10)
+    assert conv_channels(original) == [16, 32, 64] and original.classifier.in_features == 64
+    assert (
+        sum(p.numel() for p in original.parameters())
+        == 3 * 9 * 16 + 16 * 9 * 32 + 32 * 9 * 64 + 2 * (16 + 32 + 64) + 650
+    )
+    wide = build_model("small_cnn", 10, width=4)
+    assert conv_channels(wide) == [64, 128, 256] and wide.classifier.in_features == 256
+    assert wide(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_committed_width_1_checkpoint_loads_unchanged(tmp_path):
+    """A checkpoint written before the width option (no 'width' in its config) loads strictly as width 1."""
+    from edlcm_ext.checkpoint import load_checkpoint, read_checkpoint
+
+    path = str(Path(__file__).resolve().parents[1] / "results/cifar10_full/runs/base/checkpoint.pt")
+    assert "width" not in read_checkpoint(path)["config"]
+    ensemble, config, _, _ = load_checkpoint(path)
+    assert config.width == 1 and conv_channels(ensemble.members[0]) == [16, 32, 64]
+
+
+@pytest.mark.parametrize("width, arch, match", [(2, "resnet20", "no width multiplier"), (0, "small_cnn", ">= 1")])
+def test_bad_width_names_width(width, arch, match):
+    with pytest.raises(ValueError, match=f"width.*{match}"):
+        build_model(arch, 10, width=width)

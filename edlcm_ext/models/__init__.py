@@ -3,6 +3,7 @@ so attacks and the regularizer work in pixel units."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 from torch import nn
@@ -10,7 +11,7 @@ from torch import nn
 from ..registry import Registry
 from .layers import Classifier, Normalize
 
-# name -> builder(num_classes, in_channels) -> Classifier
+# name -> builder(num_classes, in_channels[, width]) -> Classifier
 MODELS: Registry = Registry("arch")
 register = MODELS.register
 
@@ -21,12 +22,19 @@ def build_model(
     in_channels: int = 3,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    width: int = 1,
 ) -> Classifier:
-    """A registered architecture; with mean/std its first layer normalizes [0, 1] inputs."""
+    """A registered architecture; with mean/std its first layer normalizes [0, 1] inputs. ``width``
+    multiplies the channel counts of the architectures that take it (small_cnn)."""
     builder = MODELS.lookup(name)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    network = builder(num_classes, in_channels)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be an integer >= 1, got {width!r}")
+    if width != 1 and "width" not in inspect.signature(builder).parameters:
+        widened = sorted(n for n, b in MODELS.items() if "width" in inspect.signature(b).parameters)
+        raise ValueError(f"width: arch {name!r} has no width multiplier (only {', '.join(widened)}), got {width}")
+    network = builder(num_classes, in_channels, width) if width != 1 else builder(num_classes, in_channels)
     if mean is not None or std is not None:
         network.body = nn.Sequential(Normalize(mean, std), network.body)
     return network
