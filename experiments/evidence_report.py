@@ -185,7 +185,7 @@ def main(argv=None) -> None:
     parser.add_argument("--results", default="results/cifar10_full", help="folder with runs/<name>/")
     parser.add_argument("--runs-file", default=os.path.join(EXPERIMENTS, "cifar10_full.runs"))
     parser.add_argument("--page", default="docs/results.md", help="the page whose generated block is rewritten")
-    parser.add_argument("--bench", default="bench/results/step_2026-12-02_cpu_small_cnn_run2.json")
+    parser.add_argument("--bench", default="bench/results/step_2026-12-03_cpu_small_cnn_methods.json")
     parser.add_argument("--config", default="small_cnn", help="the bench configuration the runs trained")
     parser.add_argument("--eps", default="0.005,0.01,0.02", help="eps values tabulated (Table II has 0.005 and 0.01)")
     parser.add_argument("--headline", default="0.01", help="eps of the headline worst case")
