@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 import edlcm_ext
-from edlcm_ext.compiled import LazilyCompiled
-from edlcm_ext.ensemble import Ensemble
-from edlcm_ext.methods import METHODS, build_method
+from edlcm_ext.loss.compiled import LazilyCompiled
+from edlcm_ext.loss.reference import edlcm_terms
 from edlcm_ext.models import build_model
-from edlcm_ext.reference import edlcm_terms
+from edlcm_ext.models.ensemble import Ensemble
+from edlcm_ext.training.methods import METHODS, build_method
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,9 @@ class Mode:
     every: int = 1
     batch_fraction: float = 1.0
     max_pull: float | None = None
-    method: str = ""  # with loss="method": a name from edlcm_ext.methods
+    method: str = ""  # with loss="method": a name from edlcm_ext.training.methods
     options: tuple[tuple[str, object], ...] = ()  # the method's options (build_method keywords)
-    # the loss through torch.compile (edlcm_ext.compiled): "inductor" (generated kernels) or "graphed"
+    # the loss through torch.compile (edlcm_ext.loss.compiled): "inductor" (generated kernels) or "graphed"
     # (the same, replayed as CUDA graphs: mode="reduce-overhead", CUDA only)
     compiled: str = ""
 

@@ -8,19 +8,19 @@ Every mode of a configuration trains its own copy of the same initial ensemble w
 the modes are interleaved round-robin and the median is reported, so the ratios compare like with
 like on one machine in one run. A step is zero_grad + loss + backward + optimizer step:
 - plain:     sum_m CE_m (the Base ensemble, eq 2)
-- reference: EDLCM (eq 11) in plain PyTorch, edlcm_ext.reference
+- reference: EDLCM (eq 11) in plain PyTorch, edlcm_ext.loss.reference
 - fused:     EDLCM through edlcm_ext.HvpCurvatureLoss (fused BatchNorm and Conv2d double backward, fused statistics)
 - every4, every8, every16: HvpCurvatureLoss(every=k); one sample times k consecutive steps, divided by k
 - fraction25: HvpCurvatureLoss(batch_fraction=0.25)
 - bounded:   HvpCurvatureLoss(max_pull=0.1), the pull bound's separate CE backward
 - first_order: HvpCurvatureLoss(gradient="first_order"), the approximate mode with no double backward
   (its agreement with the exact gradient: bench/first_order.py)
-- with --compiled, the compiled path (edlcm_ext.compiled) in channels_last: plain_compiled_cl,
+- with --compiled, the compiled path (edlcm_ext.loss.compiled) in channels_last: plain_compiled_cl,
   compiled_cl (exact EDLCM), every{4,8,16}_compiled_cl (Inductor's kernels); on CUDA also plain_graphed_cl,
   graphed_cl, every{4,8,16}_graphed_cl (the same replayed as CUDA graphs, mode="reduce-overhead"). The
   first step of a mode (compilation included) is timed apart, and the epoch equivalent of 50k
   images adds it once.
-- with --methods, every other training method of edlcm_ext.methods at its defaults (adp, gal, deg,
+- with --methods, every other training method of edlcm_ext.training.methods at its defaults (adp, gal, deg,
   pdd, edlcm_lr, edlcm_lg), in channels_last like the evidence runs: the cost column of their table
 Each mode also runs in channels_last (suffix _cl: models and inputs), and with --amp under autocast
 (suffix _amp: bf16 on CPU, bf16 on CUDA). Ratios are against the best plain configuration measured.
@@ -255,7 +255,7 @@ def main(argv=None) -> None:
     parser.add_argument("--json", help="write the full report to this JSON file")
     parser.add_argument("--record", action="store_true", help="write the report under bench/results/")
     parser.add_argument("--amp", action="store_true", help="also the bf16 autocast variants (_amp)")
-    parser.add_argument("--compiled", action="store_true", help="also the compiled modes (edlcm_ext.compiled)")
+    parser.add_argument("--compiled", action="store_true", help="also the compiled modes (edlcm_ext.loss.compiled)")
     parser.add_argument("--methods", action="store_true", help="also the other training methods (adp, gal, ...)")
     parser.add_argument("--modes", help="comma-separated subset of the modes (default: all)")
     parser.add_argument("--memory-probe", nargs=2, help=argparse.SUPPRESS)

@@ -14,17 +14,17 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from .attacks import ATTACKS, LABELS, PRESETS, expand_attack_names
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import TrainConfig
-from .data import DATASETS, load_dataset
 from .devices import resolve_device
-from .eval_job import DEFAULT_EPS, EvalSettings, run_evaluation
-from .evaluate import robust_accuracy
-from .methods import METHODS, build_method
+from .evaluation.attacks import ATTACKS, LABELS, PRESETS, expand_attack_names
+from .evaluation.eval_job import DEFAULT_EPS, EvalSettings, run_evaluation
+from .evaluation.evaluate import robust_accuracy
+from .evaluation.report import markdown_table
 from .models import MODELS, build_model
-from .report import markdown_table
-from .train import NonFiniteLossError, train
+from .training.checkpoint import CheckpointError, load_checkpoint
+from .training.config import TrainConfig
+from .training.data import DATASETS, load_dataset
+from .training.methods import METHODS, build_method
+from .training.trainer import NonFiniteLossError, train
 
 DEMO_METHODS = ("base", "edlcm")
 DEMO_EPOCHS = 15

@@ -82,7 +82,7 @@ def rank_of_edlcm(values: list[float | None]) -> int | None:
 def table_ii(finished: dict[str, dict], eps_values: list[str]) -> tuple[str, list[tuple[int, int]]]:
     """Our accuracy (``finished`` runs by name) next to the paper's per method and row, and EDLCM's rank in
     both (ours, paper) per row."""
-    from edlcm_ext.attacks import LABELS
+    from edlcm_ext.evaluation.attacks import LABELS
 
     header = ["Attack", "eps"] + [f"{m}: ours (paper)" for m in PAPER_METHODS] + ["EDLCM's rank: ours (paper)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

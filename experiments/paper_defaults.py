@@ -30,11 +30,11 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from edlcm_ext import HvpCurvatureLoss
-from edlcm_ext.curvature import term_gradient_norms
-from edlcm_ext.data import CIFAR10_INFO, fixed_subset, load_dataset
-from edlcm_ext.ensemble import ensemble_cross_entropy
+from edlcm_ext.evaluation.curvature import term_gradient_norms
+from edlcm_ext.loss.regularizer import ensemble_cross_entropy
 from edlcm_ext.models import build_model
 from edlcm_ext.models.layers import Normalize
+from edlcm_ext.training.data import CIFAR10_INFO, fixed_subset, load_dataset
 
 
 def torchvision_model(name: str) -> torch.nn.Module:

@@ -22,10 +22,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from edlcm_ext import HvpCurvatureLoss
-from edlcm_ext.checkpoint import load_checkpoint
-from edlcm_ext.curvature import term_gradient_norms
-from edlcm_ext.data import CIFAR10_INFO, load_dataset
+from edlcm_ext.evaluation.curvature import term_gradient_norms
 from edlcm_ext.models import build_model
+from edlcm_ext.training.checkpoint import load_checkpoint
+from edlcm_ext.training.data import CIFAR10_INFO, load_dataset
 
 
 def average_over_batches(models, batches, regularizer) -> dict:

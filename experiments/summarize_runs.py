@@ -46,7 +46,7 @@ def describe(config: dict | None, defaults: dict) -> str:
 
 
 def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
-    from edlcm_ext.methods import METHODS
+    from edlcm_ext.training.methods import METHODS
 
     defaults = METHODS["edlcm"].option_defaults()
     eps_values = sorted({e for run in runs if run["result"] for e in run["result"]["worst"]}, key=float)

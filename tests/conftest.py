@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from edlcm_ext.config import TrainConfig
-from edlcm_ext.train import train
+from edlcm_ext.training.config import TrainConfig
+from edlcm_ext.training.trainer import train
 
 CUDA_SKIP_REASON = "CUDA kernels need a GPU; none is visible on this machine"
 

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from conftest import parameter_grads
 
-from edlcm_ext.ensemble import Ensemble
-from edlcm_ext.methods import build_method
 from edlcm_ext.models import build_model
+from edlcm_ext.models.ensemble import Ensemble
+from edlcm_ext.training.methods import build_method
 
 DIMS, CLASSES = 6, 3
 

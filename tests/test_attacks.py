@@ -6,14 +6,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from edlcm_ext.attacks import ATTACKS, build_attack, expand_attack_names
-from edlcm_ext.attacks.apgd import checkpoints, steps_to_halve
-from edlcm_ext.attacks.apgd_dlr import dlr_loss
-from edlcm_ext.attacks.square import square_fraction
-from edlcm_ext.config import TrainConfig
-from edlcm_ext.data import load_dataset
-from edlcm_ext.evaluate import robust_accuracy
-from edlcm_ext.train import train
+from edlcm_ext.evaluation.attacks import ATTACKS, build_attack, expand_attack_names
+from edlcm_ext.evaluation.attacks.apgd import checkpoints, steps_to_halve
+from edlcm_ext.evaluation.attacks.apgd_dlr import dlr_loss
+from edlcm_ext.evaluation.attacks.square import square_fraction
+from edlcm_ext.evaluation.evaluate import robust_accuracy
+from edlcm_ext.training.config import TrainConfig
+from edlcm_ext.training.data import load_dataset
+from edlcm_ext.training.trainer import train
 
 EPS = 0.1
 # torchattacks is a test dependency (pip install .[test]); the GPU machines' image lacks it.

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import DEVICES
 
 from edlcm_ext import ops
-from edlcm_ext.batchnorm import batch_norm
+from edlcm_ext.fused.batchnorm import batch_norm
 
 LAYOUTS = [
     ((5, 3), torch.contiguous_format),

@@ -7,13 +7,19 @@ import pytest
 import torch
 from conftest import train_edlcm
 
-from edlcm_ext.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_data_file, read_checkpoint
 from edlcm_ext.cli import main as cli_main
-from edlcm_ext.config import TrainConfig
-from edlcm_ext.data import DIGITS_INFO
-from edlcm_ext.ensemble import build_ensemble
-from edlcm_ext.loss import DEFAULT_H, DEFAULT_MAX_RATIO
-from edlcm_ext.train import train
+from edlcm_ext.loss.hvp_curvature_loss import DEFAULT_H, DEFAULT_MAX_RATIO
+from edlcm_ext.training.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    build_ensemble,
+    load_checkpoint,
+    load_data_file,
+    read_checkpoint,
+)
+from edlcm_ext.training.config import TrainConfig
+from edlcm_ext.training.data import DIGITS_INFO
+from edlcm_ext.training.trainer import train
 
 
 class CreatesFileWhenUnpickled:

@@ -1,5 +1,5 @@
-"""The compiled path (edlcm_ext.compiled): the torch.func input gradients against autograd written
-here, HvpCurvatureLoss(compiled=...) against edlcm_ext.reference, every method and the trainer
+"""The compiled path (edlcm_ext.loss.compiled): the torch.func input gradients against autograd written
+here, HvpCurvatureLoss(compiled=...) against edlcm_ext.loss.reference, every method and the trainer
 against their eager selves. Compiling with Inductor takes minutes on 2 CPU cores, so most tests
 compile with backend="aot_eager": that traces the step with Dynamo and differentiates it once with
 AOTAutograd (where double backward would be refused) and runs the graph eagerly; one test runs
@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from conftest import CUDA_SKIP_REASON, batch, ensemble, parameter_grads, train_edlcm
 from torch._dynamo.utils import counters
 
-from edlcm_ext import HvpCurvatureLoss, compiled
-from edlcm_ext.ensemble import Ensemble
-from edlcm_ext.methods import METHODS, build_method
+from edlcm_ext import HvpCurvatureLoss
+from edlcm_ext.loss import compiled
+from edlcm_ext.loss.reference import edlcm_terms
 from edlcm_ext.models import build_model
-from edlcm_ext.reference import edlcm_terms
+from edlcm_ext.models.ensemble import Ensemble
+from edlcm_ext.training.methods import METHODS, build_method
 
 pytestmark = pytest.mark.skipif(
     not torch._dynamo.is_dynamo_supported(), reason="torch.compile is not supported with this Python and torch"
@@ -56,7 +57,7 @@ def assert_close_all(ours, expected, rtol=1e-10):
 
 
 def assert_matches_reference(models, loss: HvpCurvatureLoss, rtol=1e-10):
-    """loss.terms on ``models`` against edlcm_ext.reference on a copy of them, float64: the terms, the
+    """loss.terms on ``models`` against edlcm_ext.loss.reference on a copy of them, float64: the terms, the
     parameter gradients and the BatchNorm running statistics."""
     twin = copy.deepcopy(models)
     x, y = batch()
@@ -102,7 +103,7 @@ def test_functional_input_gradient_differences_match_double_backprop_written_her
 @pytest.mark.parametrize("train_mode", [True, False], ids=["train", "eval"])
 def test_compiled_loss_matches_the_reference(options, train_mode):
     """Terms, parameter gradients and BatchNorm running statistics of the compiled loss against
-    edlcm_ext.reference, float64."""
+    edlcm_ext.loss.reference, float64."""
     assert_matches_reference(
         [m.train(train_mode) for m in ensemble()], HvpCurvatureLoss(compiled=TRACE_ONLY, **options)
     )

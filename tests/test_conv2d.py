@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import DEVICES
 
 from edlcm_ext import ops
-from edlcm_ext.conv import conv2d
+from edlcm_ext.fused.conv import conv2d
 
 # (N, C_in, H, W), (C_out, kH, kW), stride, padding, dilation, groups: odd sizes with stride 2 make
 # the transposed convolution need output padding; groups and dilation cover the general case.

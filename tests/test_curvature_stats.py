@@ -6,7 +6,7 @@ from conftest import CUDA_SKIP_REASON, DEVICES
 
 import edlcm_ext  # noqa: F401
 from edlcm_ext import ops
-from edlcm_ext.reference import curvature_statistics
+from edlcm_ext.loss.reference import curvature_statistics
 
 SHAPES = [(2, 1, 1), (2, 5, 7), (3, 4, 300), (4, 3, 33), (1, 6, 10), (5, 2, 1000)]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from edlcm_ext.data import load_dataset
+from edlcm_ext.training.data import load_dataset
 
 
 def write_cifar(root, batches, label_key, meta_name, meta_key, classes, per_batch=4):

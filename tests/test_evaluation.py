@@ -14,13 +14,14 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from edlcm_ext import HvpCurvatureLoss, eval_job, evaluate, sanity
+from edlcm_ext import HvpCurvatureLoss
 from edlcm_ext.cli import main as cli_main
-from edlcm_ext.config import TrainConfig
-from edlcm_ext.curvature import curvature_diagnostics, largest_hessian_eigenvalue, term_gradient_norms
-from edlcm_ext.data import load_dataset
-from edlcm_ext.evaluate import attack_flags, transfer_matrix, transferability_success_rate
-from edlcm_ext.train import train
+from edlcm_ext.evaluation import eval_job, evaluate, sanity
+from edlcm_ext.evaluation.curvature import curvature_diagnostics, largest_hessian_eigenvalue, term_gradient_norms
+from edlcm_ext.evaluation.evaluate import attack_flags, transfer_matrix, transferability_success_rate
+from edlcm_ext.training.config import TrainConfig
+from edlcm_ext.training.data import load_dataset
+from edlcm_ext.training.trainer import train
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""EDLCM's math (eqs 2, 8-11) against derivations that share no code with edlcm_ext.reference: a
+"""EDLCM's math (eqs 2, 8-11) against derivations that share no code with edlcm_ext.loss.reference: a
 closed form for softmax regression, and a second implementation written here from the paper."""
 
 import copy

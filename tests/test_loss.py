@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import DEVICES, batch, ensemble, parameter_grads
 
 from edlcm_ext import HvpCurvatureLoss
-from edlcm_ext.reference import edlcm_terms
+from edlcm_ext.loss.reference import edlcm_terms
 
 
 def assert_grads_close(ours, ref, rtol=1e-6):

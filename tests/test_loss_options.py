@@ -12,10 +12,10 @@ from conftest import CUDA_SKIP_REASON, DEVICES, batch, ensemble, parameter_grads
 
 from edlcm_ext import HvpCurvatureLoss, ops
 from edlcm_ext.fused import fused_layers
-from edlcm_ext.loss import DEFAULT_H, DEFAULT_MAX_RATIO
+from edlcm_ext.loss.hvp_curvature_loss import DEFAULT_H, DEFAULT_MAX_RATIO
+from edlcm_ext.loss.reference import edlcm_terms
+from edlcm_ext.loss.regularizer import input_gradient_differences, terms_from_statistics
 from edlcm_ext.models import build_model
-from edlcm_ext.reference import edlcm_terms
-from edlcm_ext.regularizer import input_gradient_differences, terms_from_statistics
 
 
 def assert_same_grads(ours, expected, rtol=1e-10):
@@ -24,7 +24,7 @@ def assert_same_grads(ours, expected, rtol=1e-10):
 
 
 def test_mean_convention_is_eq9_with_the_batch_mean_cross_entropy():
-    """Independent of edlcm_ext.reference: u from autograd on nn.CrossEntropyLoss() (batch mean) and
+    """Independent of edlcm_ext.loss.reference: u from autograd on nn.CrossEntropyLoss() (batch mean) and
     the squared norm over the whole batch, for one member (so L_g plays no part)."""
     (model,) = [m.eval() for m in ensemble(members=1)]
     x, y = batch(size=5)

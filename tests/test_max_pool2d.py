@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import CUDA_SKIP_REASON, DEVICES
 
 from edlcm_ext import ops
-from edlcm_ext.pool import max_pool2d
+from edlcm_ext.fused.pool import max_pool2d
 
 # input shape, kernel, stride, padding, dilation, ceil_mode: small_cnn's pool (2, ceil_mode on odd
 # sizes), ResNet-style 3/2/1, and dilation.

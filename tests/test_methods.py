@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from edlcm_ext import HvpCurvatureLoss
-from edlcm_ext.ensemble import Ensemble
-from edlcm_ext.methods import METHODS, build_method
-from edlcm_ext.methods.pdd import parallel_diversified_dropout_mask
 from edlcm_ext.models import build_model
+from edlcm_ext.models.ensemble import Ensemble
+from edlcm_ext.training.methods import METHODS, build_method
+from edlcm_ext.training.methods.pdd import parallel_diversified_dropout_mask
 
 
 def small_ensemble(members=3):

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edlcm_ext.ensemble import Ensemble
 from edlcm_ext.models import MODELS, build_model
+from edlcm_ext.models.ensemble import Ensemble
 from edlcm_ext.models.layers import Classifier
 from edlcm_ext.models.resnet import BasicBlock
 
@@ -96,7 +96,7 @@ def test_small_cnn_width_multiplies_every_stage_and_width_1_is_the_original():
 
 def test_committed_width_1_checkpoint_loads_unchanged(tmp_path):
     """A checkpoint written before the width option (no 'width' in its config) loads strictly as width 1."""
-    from edlcm_ext.checkpoint import load_checkpoint, read_checkpoint
+    from edlcm_ext.training.checkpoint import load_checkpoint, read_checkpoint
 
     path = str(Path(__file__).resolve().parents[1] / "results/cifar10_full/runs/base/checkpoint.pt")
     assert "width" not in read_checkpoint(path)["config"]

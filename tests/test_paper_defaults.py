@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from edlcm_ext import HvpCurvatureLoss
-from edlcm_ext.data import load_dataset
+from edlcm_ext.training.data import load_dataset
 
 CLASSES, PER_CLASS, SIZE = 4, 32, 32
 

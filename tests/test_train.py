@@ -10,15 +10,15 @@ import torch
 import torch.multiprocessing as mp
 
 from edlcm_ext import cli as cli_module
-from edlcm_ext import train as train_module
-from edlcm_ext.checkpoint import atomic_save, load_checkpoint
 from edlcm_ext.cli import main as cli_main
-from edlcm_ext.config import TrainConfig
-from edlcm_ext.data import load_dataset
-from edlcm_ext.methods import METHODS, build_method
 from edlcm_ext.models import MODELS
 from edlcm_ext.models.layers import Classifier
-from edlcm_ext.train import NonFiniteLossError, train
+from edlcm_ext.training import trainer as train_module
+from edlcm_ext.training.checkpoint import atomic_save, load_checkpoint
+from edlcm_ext.training.config import TrainConfig
+from edlcm_ext.training.data import load_dataset
+from edlcm_ext.training.methods import METHODS, build_method
+from edlcm_ext.training.trainer import NonFiniteLossError, train
 
 
 def config(tmp_path, **overrides):
@@ -377,7 +377,7 @@ def _bucketed_average_worker(rank: int, store: str, out: str) -> None:
     """One of two gloo processes (a file store: no port to race for): per-tensor vs bucketed average."""
     import torch.distributed as dist
 
-    from edlcm_ext.train import average_across_processes
+    from edlcm_ext.training.trainer import average_across_processes
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
@@ -427,7 +427,7 @@ def test_bucketed_gradient_averaging_equals_the_per_tensor_average(tmp_path):
 
 
 def test_buckets_split_at_the_cap_and_at_a_dtype_change():
-    from edlcm_ext.train import _buckets
+    from edlcm_ext.training.trainer import _buckets
 
     tensors = [torch.zeros(10), torch.zeros(10), torch.zeros(30), torch.zeros(2, dtype=torch.float64), torch.zeros(1)]
     sizes = [[t.numel() for t in bucket] for bucket in _buckets(tensors, cap=80)]  # 80 bytes = 20 float32

@@ -8,12 +8,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from ..registry import Registry
+from .base import MODELS, register  # noqa: F401  (architectures register here)
 from .layers import Classifier, Normalize
-
-# name -> builder(num_classes, in_channels[, width]) -> Classifier
-MODELS: Registry = Registry("arch")
-register = MODELS.register
 
 
 def build_model(

@@ -2,7 +2,7 @@
 
 from torch import Tensor, nn
 
-from . import register
+from .base import register
 from .layers import Classifier
 
 

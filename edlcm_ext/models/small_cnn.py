@@ -1,6 +1,6 @@
 from torch import nn
 
-from . import register
+from .base import register
 from .layers import Classifier
 
 

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from . import register
+from .base import register
 from .layers import Classifier
 
 VGG16_CONFIG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
