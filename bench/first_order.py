@@ -17,6 +17,7 @@ from records import record_markdown
 from torch import nn
 
 from edlcm_ext import HvpCurvatureLoss
+from edlcm_ext.loss.first_order import FirstOrderCurvatureLoss
 from edlcm_ext.models import build_model
 
 
@@ -62,7 +63,7 @@ def main() -> None:
         x, y = torch.rand(64, 3, 32, 32, dtype=dtype), torch.randint(0, 10, (64,))
         exact = regularizer_gradient(models, x, y, HvpCurvatureLoss())
         for fd_step in steps:
-            approx = regularizer_gradient(models, x, y, HvpCurvatureLoss(gradient="first_order", fd_step=fd_step))
+            approx = regularizer_gradient(models, x, y, FirstOrderCurvatureLoss(fd_step=fd_step))
             lines.append(
                 f"| {name} | {fd_step:g} | {F.cosine_similarity(exact, approx, dim=0).item():.4f} | "
                 f"{(approx.norm() / exact.norm()).item():.3f} |"

@@ -11,7 +11,7 @@
 #    ResNet-18 at B=128; compile time apart and amortized over a 50k-image epoch; the rows print
 #    as each configuration finishes, so step_compiled.log keeps them if the time box ends the run;
 # 4. times bench/step.py on 3x ResNet-18 with CIFAR-100 shapes and 3x small_cnn, B=64: plain,
-#    reference, fused, every4, every8, every16, fraction25, first_order and the other methods; contiguous and
+#    reference, fused, every4, every8, every16, first_order and the other methods; contiguous and
 #    channels_last; fp32 and bf16 autocast; peak memory; recorded with machine, torch, commit, date;
 # 5. runs `edlcm demo` (trainer and attacks end to end on the GPU);
 # 6. runs the whole suite with what time is left (tests needing torchattacks, absent on the device

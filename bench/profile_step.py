@@ -21,7 +21,7 @@ from records import record_markdown
 from torch.utils._python_dispatch import TorchDispatchMode
 
 MODES = ("plain", "reference", "fused", "first_order")
-COUNTED_MODES = ("plain", "reference", "fused", "every4", "fraction25", "first_order")
+COUNTED_MODES = ("plain", "reference", "fused", "every4", "first_order")
 
 KINDS = (
     ("batch_norm", ("batchnorm", "batch_norm")),

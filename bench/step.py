@@ -11,10 +11,9 @@ like on one machine in one run. A step is zero_grad + loss + backward + optimize
 - reference: EDLCM (eq 11) in plain PyTorch, edlcm_ext.loss.reference
 - fused:     EDLCM through edlcm_ext.HvpCurvatureLoss (fused BatchNorm and Conv2d double backward, fused statistics)
 - every4, every8, every16: HvpCurvatureLoss(every=k); one sample times k consecutive steps, divided by k
-- fraction25: HvpCurvatureLoss(batch_fraction=0.25)
 - bounded:   HvpCurvatureLoss(max_pull=0.1), the pull bound's separate CE backward
-- first_order: HvpCurvatureLoss(gradient="first_order"), the approximate mode with no double backward
-  (its agreement with the exact gradient: bench/first_order.py)
+- first_order: the experimental FirstOrderCurvatureLoss (edlcm_ext.loss.first_order), approximate with
+  no double backward (its agreement with the exact gradient: bench/first_order.py)
 - with --compiled, the compiled path (edlcm_ext.loss.compiled) in channels_last: plain_compiled_cl,
   compiled_cl (exact EDLCM), every{4,8,16}_compiled_cl (Inductor's kernels); on CUDA also plain_graphed_cl,
   graphed_cl, every{4,8,16}_graphed_cl (the same replayed as CUDA graphs, mode="reduce-overhead"). The

@@ -6,7 +6,7 @@ RESULTS_JSON is `edlcm eval`'s results.json; BENCH_JSON a `bench/step.py --metho
 --record) report. The cost of a run is the step time of its bench mode over the Base run's, both
 timed side by side in that one bench run: the epoch times in the runs' own logs are no cost measure
 when the runs shared the machine with other work. A run's bench mode follows from the config.json
-next to its checkpoint (method, every, batch_fraction, max_pull, channels_last); alpha, beta,
+next to its checkpoint (method, every, max_pull, PGD steps, channels_last); alpha, beta,
 max_pull's value and the seed do not change a step's cost. Writes cost_robustness.md (table) and
 cost_robustness.png (one point per run and eps) to OUT_DIR.
 """
@@ -26,12 +26,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 def bench_mode(config: dict) -> str:
     """The bench/step.py mode that times one training step of the run described by ``config``."""
     method, options = config["method"], config.get("method_options", {})
-    every, fraction = options.get("every", 1), options.get("batch_fraction", 1.0)
-    bounded = options.get("max_pull") is not None
-    if method != "edlcm" and (every != 1 or fraction != 1.0):
-        raise ValueError(f"bench/step.py times {method!r} at every=1, batch_fraction=1 only, got {options}")
-    if (every != 1) + (fraction != 1.0) + bounded > 1:
-        raise ValueError(f"no bench mode combines two of every, batch_fraction and max_pull, got {options}")
+    every, bounded = options.get("every", 1), options.get("max_pull") is not None
+    if method != "edlcm" and every != 1:
+        raise ValueError(f"bench/step.py times {method!r} at every=1 only, got {options}")
+    if every != 1 and bounded:
+        raise ValueError(f"no bench mode combines every and max_pull, got {options}")
     if method == "base":
         name = "plain"
     elif method == "at" and options.get("steps", 1) > 1:
@@ -40,8 +39,6 @@ def bench_mode(config: dict) -> str:
         name = method
     elif every != 1:
         name = f"every{every}"
-    elif fraction != 1.0:
-        name = f"fraction{round(100 * fraction)}"
     elif bounded:
         name = "bounded"  # the bound's value does not change a step's work: both gradients are always taken
     else:

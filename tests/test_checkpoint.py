@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,7 +110,7 @@ def test_missing_file_is_named(tmp_path):
 def test_checkpoints_we_write_load_with_weights_only_and_record_the_convention(tmp_path):
     train_edlcm(tmp_path / "run", every=2)
     raw = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert raw["format"] == 4 and raw["config"]["method_options"] == {
+    assert raw["format"] == 5 and raw["config"]["method_options"] == {
         "alpha": 1.0,
         "beta": 0.01,
         "h": DEFAULT_H,
@@ -143,7 +145,13 @@ def test_old_format_edlcm_checkpoint_loads_as_the_sum_convention(tmp_path):
     old["config"]["method_options"] = {}
     atomic_save(old, path)
     _, config, _, _ = load_checkpoint(path)
-    assert config.method_options == {"reduction": "per_sample", "h": 0.1, "max_ratio": None, "max_pull": None}
+    assert config.method_options == {
+        "reduction": "per_sample",
+        "h": 0.1,
+        "max_ratio": None,
+        "max_pull": None,
+        "every": 1,
+    }
 
 
 @pytest.mark.parametrize("reduction, expected", [("sum", "per_sample"), ("mean", "mean")])
@@ -158,10 +166,10 @@ def test_format_2_checkpoints_load_with_the_options_they_were_trained_with(tmp_p
     old["config"]["method_options"] = {"reduction": reduction}
     atomic_save(old, path)
     _, config, _, _ = load_checkpoint(path)
-    assert config.method_options == {"h": 0.1, "max_ratio": None, "max_pull": None, "reduction": expected}
+    assert config.method_options == {"h": 0.1, "max_ratio": None, "max_pull": None, "every": 1, "reduction": expected}
     train_edlcm(out, epochs=2, resume=True)
     resumed = torch.load(path, weights_only=True)
-    assert resumed["format"] == 4
+    assert resumed["format"] == 5
     assert resumed["config"]["method_options"] == {
         "alpha": 1.0,
         "beta": 0.01,
@@ -169,6 +177,7 @@ def test_format_2_checkpoints_load_with_the_options_they_were_trained_with(tmp_p
         "reduction": expected,
         "max_ratio": None,
         "max_pull": None,
+        "every": 1,
     }
 
 
@@ -184,3 +193,50 @@ def test_format_3_checkpoints_load_without_a_bound_on_the_pull(tmp_path):
     atomic_save(old, path)
     _, config, _, _ = load_checkpoint(path)
     assert config.method_options["max_pull"] is None and config.method_options["max_ratio"] == DEFAULT_MAX_RATIO
+
+
+def test_format_4_checkpoints_keep_the_exact_step(tmp_path):
+    """Format 4 did not record ``every``: such a run regularized every step unless --set every=k was
+    given (and so recorded), whatever today's default."""
+    out = tmp_path / "run"
+    train_edlcm(out)
+    path = str(out / "checkpoint.pt")
+    old = torch.load(path, weights_only=True)
+    old["format"] = 4
+    del old["config"]["method_options"]["every"]
+    atomic_save(old, path)
+    assert load_checkpoint(path)[1].method_options["every"] == 1
+    old["config"]["method_options"]["every"] = 4
+    atomic_save(old, path)
+    assert load_checkpoint(path)[1].method_options["every"] == 4
+
+
+def test_a_run_trained_with_a_removed_option_loads_with_a_note_and_refuses_to_resume(tmp_path):
+    """alpha_warmup left HvpCurvatureLoss in 0.4: a checkpoint that used it loads for evaluation with a
+    warning naming it, and resuming it fails in one line naming it; one that left it at its no-effect
+    value loads silently."""
+    out = tmp_path / "run"
+    train_edlcm(out)
+    path = str(out / "checkpoint.pt")
+    old = torch.load(path, weights_only=True)
+    old["format"] = 4
+    old["config"]["method_options"].update(alpha_warmup=100, batch_fraction=1.0)
+    atomic_save(old, path)
+    with pytest.warns(UserWarning, match=r"trained with alpha_warmup=100, removed from HvpCurvatureLoss in 0.4"):
+        _, config, _, _ = load_checkpoint(path)
+    assert "alpha_warmup" not in config.method_options and "batch_fraction" not in config.method_options
+    with pytest.raises(ValueError, match=r"^--resume: .*alpha_warmup=100.*cannot go on as it was trained"):
+        train_edlcm(out, epochs=2, resume=True)
+    old["config"]["method_options"]["alpha_warmup"] = 0
+    atomic_save(old, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_checkpoint(path)
+
+
+def test_the_committed_warmup_run_still_loads():
+    """results/defaults_sweep/runs/warmup100 was trained with alpha_warmup=100 (format 4)."""
+    path = Path(__file__).resolve().parents[1] / "results/defaults_sweep/runs/warmup100/checkpoint.pt"
+    with pytest.warns(UserWarning, match="alpha_warmup=100"):
+        ensemble, config, _, _ = load_checkpoint(str(path))
+    assert config.method_options["every"] == 1 and len(ensemble.members) == 3

@@ -130,4 +130,4 @@ def test_the_circle_finder_finds_one():
 
 def test_the_layout_reader_sees_relative_imports_and_skips_annotations(tmp_path):
     assert "loss.regularizer" in graph()["loss.hvp_curvature_loss"]
-    assert "loss.hvp_curvature_loss" not in graph()["loss.first_order"]  # its import is under TYPE_CHECKING
+    assert "loss.hvp_curvature_loss" not in graph()["evaluation.curvature"]  # imported under TYPE_CHECKING only

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import DEVICES, batch, ensemble, parameter_grads
 
 from edlcm_ext import HvpCurvatureLoss
+from edlcm_ext.loss.first_order import FirstOrderCurvatureLoss
 from edlcm_ext.loss.reference import edlcm_terms
 
 
@@ -123,7 +124,7 @@ def test_logits_of_wrong_shape():
 
 
 @pytest.mark.parametrize(
-    "kwargs, name", [({"h": 0.0}, "h"), ({"alpha": float("nan")}, "alpha"), ({"eps": -1.0}, "eps")]
+    "kwargs, name", [({"h": 0.0}, "h"), ({"alpha": float("nan")}, "alpha"), ({"max_ratio": -1.0}, "max_ratio")]
 )
 def test_bad_hyperparameters(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} must be"):
@@ -135,9 +136,7 @@ def test_first_order_gradient_matches_exact_in_float64():
     models = [m.eval() for m in ensemble()]
     x, y = batch()
     exact = parameter_grads(models, HvpCurvatureLoss(beta=0.5).terms(models, x, y).total)
-    approx = parameter_grads(
-        models, HvpCurvatureLoss(beta=0.5, gradient="first_order", fd_step=1e-7).terms(models, x, y).total
-    )
+    approx = parameter_grads(models, FirstOrderCurvatureLoss(beta=0.5, fd_step=1e-7).terms(models, x, y).total)
     flat = lambda grads: torch.cat([g.flatten() for g in grads])  # noqa: E731
     assert F.cosine_similarity(flat(exact), flat(approx), dim=0) > 0.999999
     assert abs(flat(approx).norm() / flat(exact).norm() - 1) < 1e-3
@@ -149,7 +148,7 @@ def test_first_order_training_step_keeps_running_statistics_of_the_two_passes():
     models = ensemble()
     twin = copy.deepcopy(models)
     x, y = batch()
-    terms = HvpCurvatureLoss(gradient="first_order").terms(models, x, y)
+    terms = FirstOrderCurvatureLoss().terms(models, x, y)
     (terms.ece + terms.total).backward()
     assert all(p.grad is not None for m in models for p in m.parameters())
     HvpCurvatureLoss().terms(twin, x, y)

@@ -1,8 +1,7 @@
 """HvpCurvatureLoss's options: the L_r convention (reduction), lazy and partial-batch regularization
-(every, batch_fraction), warm-up, the dominance warning, and validation-mode calls."""
+(every), the dominance warning, validation-mode calls and autocast."""
 
 import copy
-import math
 import warnings
 
 import pytest
@@ -12,8 +11,7 @@ from conftest import CUDA_SKIP_REASON, DEVICES, batch, ensemble, parameter_grads
 
 from edlcm_ext import HvpCurvatureLoss, ops
 from edlcm_ext.fused import fused_layers
-from edlcm_ext.loss.hvp_curvature_loss import DEFAULT_H, DEFAULT_MAX_RATIO
-from edlcm_ext.loss.reference import edlcm_terms
+from edlcm_ext.loss.hvp_curvature_loss import DEFAULT_H
 from edlcm_ext.loss.regularizer import input_gradient_differences, terms_from_statistics
 from edlcm_ext.models import build_model
 
@@ -61,7 +59,7 @@ def test_every_1_and_full_batch_are_bit_identical_to_the_plain_pipeline():
     models = [m.float() for m in ensemble()]
     twin = copy.deepcopy(models)
     x, y = batch(dtype=torch.float32)
-    ours = HvpCurvatureLoss(reduction="per_sample", every=1, batch_fraction=1.0, alpha_warmup=0).terms(models, x, y)
+    ours = HvpCurvatureLoss(reduction="per_sample", every=1).terms(models, x, y)
     with fused_layers():
         u, ece = input_gradient_differences(twin, x, y, DEFAULT_H)
     plain = terms_from_statistics(*ops.curvature_stats(u, 1e-8), ece, 1.0, 0.01)
@@ -126,65 +124,13 @@ def test_every_k_forward_skips_all_work_on_the_other_calls():
         hook.remove()
 
 
-@pytest.mark.parametrize("reduction", ["per_sample", "mean"])
-def test_batch_fraction_is_the_exact_regularizer_on_the_chosen_rows(reduction):
-    models = ensemble()
-    twin = copy.deepcopy(models)
-    x, y = batch(size=8)
-    fraction = 0.3  # ceil(2.4) = 3 rows
-    torch.manual_seed(123)
-    terms = HvpCurvatureLoss(beta=0.5, batch_fraction=fraction, reduction=reduction).terms(models, x, y)
-    torch.manual_seed(123)
-    chosen = torch.randperm(8)[: math.ceil(fraction * 8)]
-    assert len(chosen) == 3
-    reference = edlcm_terms(twin, x[chosen], y[chosen], alpha=1.0, beta=0.5, h=DEFAULT_H, max_ratio=DEFAULT_MAX_RATIO)
-    scale = 1.0 / 8 if reduction == "mean" else 1.0  # L_r's 1/B is the full batch's: unbiased
-    torch.testing.assert_close(terms.l_r, reference.l_r * scale, rtol=1e-10, atol=0)
-    torch.testing.assert_close(terms.l_g, reference.l_g, rtol=1e-10, atol=0)
-    reference_total = 1.0 * reference.l_r * scale + 0.5 * reference.l_g
-    assert_same_grads(parameter_grads(models, terms.total), parameter_grads(twin, reference_total))
-    assert not torch.allclose(terms.ece, reference.ece)  # the CE is the whole batch's, not the subset's
-
-
-def test_batch_fraction_draws_from_torch_generator_reproducibly():
-    models = [m.eval() for m in ensemble()]
-    x, y = batch(size=10)
-    loss = HvpCurvatureLoss(batch_fraction=0.5)
-    values = []
-    for seed in (5, 5, 6):
-        torch.manual_seed(seed)
-        values.append(loss.terms(models, x, y).l_r)
-    assert torch.equal(values[0], values[1]) and not torch.equal(values[0], values[2])
-
-
-def test_batch_fraction_ce_covers_the_whole_batch():
-    models = [m.eval() for m in ensemble()]
-    x, y = batch(size=8)
-    terms = HvpCurvatureLoss(batch_fraction=0.25).terms(models, x, y)
-    torch.testing.assert_close(terms.ece, sum(F.cross_entropy(m(x), y) for m in models), rtol=1e-12, atol=0)
-
-
-def test_warmup_ramps_linearly_and_reaches_full_weight_at_the_given_step():
-    models = [m.eval() for m in ensemble()]
-    x, y = batch()
-    full = HvpCurvatureLoss().terms(models, x, y).total
-    warm = HvpCurvatureLoss(alpha_warmup=4)
-    totals = [warm.terms(models, x, y) for _ in range(6)]
-    assert not totals[0].applied  # weight 0: skipped, not computed
-    for call, terms in enumerate(totals[1:], 1):
-        torch.testing.assert_close(terms.total, min(1.0, call / 4) * full, rtol=1e-12, atol=0)
-    assert [warm.schedule_weight(t) for t in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
-    combined = HvpCurvatureLoss(alpha_warmup=4, every=2)
-    assert [combined.schedule_weight(t) for t in range(7)] == [0.0, 0.0, 1.0, 0.0, 2.0, 0.0, 2.0]
-
-
 def test_schedule_state_survives_state_dict():
     models = [m.eval() for m in ensemble()]
     x, y = batch()
-    original = HvpCurvatureLoss(every=3, alpha_warmup=5)
+    original = HvpCurvatureLoss(every=3)
     for _ in range(4):
         original.terms(models, x, y)
-    restored = HvpCurvatureLoss(every=3, alpha_warmup=5)
+    restored = HvpCurvatureLoss(every=3)
     restored.load_state_dict(original.state_dict())
     assert restored.calls == 4
     a, b = original.terms(models, x, y), restored.terms(models, x, y)
@@ -195,7 +141,7 @@ def test_dominance_warning_fires_once_for_an_absurd_alpha_and_not_for_the_defaul
     models = ensemble()
     x, y = batch()
     with pytest.warns(
-        RuntimeWarning, match=r"alpha \* L_r .* alpha=1e\+06 and reduction='per_sample'.*max_ratio.*alpha_warmup"
+        RuntimeWarning, match=r"alpha \* L_r .* alpha=1e\+06 and reduction='per_sample'.*max_ratio.*max_pull"
     ):
         absurd = HvpCurvatureLoss(alpha=1e6, max_ratio=None)
         absurd.terms(models, x, y)
@@ -238,7 +184,7 @@ def test_max_pull_on_frozen_members_names_max_pull():
 def test_validation_call_under_no_grad_returns_detached_values_and_keeps_the_schedule():
     models = [m.eval() for m in ensemble()]
     x, y = batch()
-    loss = HvpCurvatureLoss(every=2, batch_fraction=0.5)
+    loss = HvpCurvatureLoss(every=2)
     with torch.no_grad():
         terms = loss.terms(models, x, y)
     expected = HvpCurvatureLoss().terms(models, x, y)
@@ -251,9 +197,6 @@ def test_validation_call_under_no_grad_returns_detached_values_and_keeps_the_sch
     [
         ({"every": 0}, "every"),
         ({"every": 1.5}, "every"),
-        ({"batch_fraction": 0.0}, "batch_fraction"),
-        ({"batch_fraction": 1.5}, "batch_fraction"),
-        ({"alpha_warmup": -1}, "alpha_warmup"),
         ({"reduction": "avg"}, "reduction"),
         ({"max_ratio": -1.0}, "max_ratio"),
         ({"max_pull": 0.0}, "max_pull"),
@@ -274,8 +217,8 @@ def test_unbatched_image_gets_an_error_naming_x():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_under_autocast_the_regularizer_keeps_float32_values(device):
-    """bf16 autocast around the step: the regularizer's passes run in float32 (default), so its
-    values equal the float32 ones to float32 round-off; opting in gives bf16-level agreement only."""
+    """bf16 autocast around the step: the regularizer's passes run in float32, so its values equal the
+    float32 ones to float32 round-off (bf16 would be off by tens of percent: docs/loss.md)."""
     torch.manual_seed(0)
     models = [build_model("small_cnn", 10).to(device).train() for _ in range(3)]
     x, y = torch.rand(16, 3, 32, 32, device=device), torch.randint(0, 10, (16,), device=device)
@@ -283,10 +226,8 @@ def test_under_autocast_the_regularizer_keeps_float32_values(device):
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
         terms = HvpCurvatureLoss().terms(copy.deepcopy(models), x, y)
         (terms.ece + terms.total).backward()
-        opted_in = HvpCurvatureLoss(autocast_regularizer=True).terms(copy.deepcopy(models), x, y)
     for name in ("l_r", "l_g", "ece"):
         torch.testing.assert_close(getattr(terms, name), getattr(reference, name), rtol=1e-4, atol=1e-7)
-    assert torch.isfinite(opted_in.total) and opted_in.l_r > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=CUDA_SKIP_REASON)
@@ -296,7 +237,7 @@ def test_cuda_step_makes_no_host_sync():
     once-in-1000-calls dominance check, which reads two values on purpose."""
     models = [build_model("small_cnn", 10).cuda().train() for _ in range(3)]
     x, y = torch.rand(16, 3, 32, 32, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
-    loss = HvpCurvatureLoss(batch_fraction=0.5)
+    loss = HvpCurvatureLoss(every=2)
     loss.terms(models, x, y)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -13,7 +12,6 @@ from torch import Tensor, nn
 from .. import ops
 from ..fused import fused_layers
 from .compiled import LazilyCompiled, check_switch, functional_input_gradient_differences
-from .first_order import first_order_terms
 from .regularizer import (
     REDUCTIONS,
     CurvatureTerms,
@@ -34,6 +32,8 @@ DEFAULT_H = 0.1
 # never engaged on small_cnn), and stops a model whose input curvature starts huge (torchvision's
 # resnet18 at its own init: alpha * L_r ~100x the CE) from being driven to NaN.
 DEFAULT_MAX_RATIO = 1.0
+# Lower clamp of each norm in L_g's cosines (eq 10), so a zero u gives a zero cosine, not NaN.
+COSINE_EPS = 1e-8
 # alpha * L_r this many times the ensemble CE (at the first call) means the curvature term swamps the
 # classification loss. Measured on CIFAR-10 (results/paper_defaults/): runs that trained had ratios
 # 0.0004-1.7; resnet20 at 5.3 stalled at chance and torchvision resnet18 at 109 reached NaN.
@@ -55,7 +55,6 @@ class HvpCurvatureLoss(nn.Module):
         alpha: weight of the curvature term L_r (paper default 1).
         beta: weight of the dispersion term L_g (paper default 0.01); needs >= 2 members when nonzero.
         h: finite-difference step of eq 8 (an L2 distance in the units of x).
-        eps: lower clamp of each norm in the cosines of L_g.
         reduction: scale convention of L_r. "per_sample" (default, CURE's): eq 9 per sample, averaged
             over the batch, L_r = sum_m mean_b |u_mb|^2, independent of the batch size. "mean": eq 9
             with the batch-mean CE of ``nn.CrossEntropyLoss()`` and the norm over the whole batch,
@@ -74,25 +73,11 @@ class HvpCurvatureLoss(nn.Module):
         every: lazy regularization (as StyleGAN2's lazy R1): the regularizer runs on one training
             call out of ``every``, weighted by ``every``, so its gradient summed over ``every`` steps
             is unchanged; the other calls cost one forward pass (``terms``) or nothing (``forward``).
-        batch_fraction: the regularizer on a random subset of ceil(fraction * B) samples (drawn
-            from torch's generator), the CE on all of them; L_r and L_g being batch means, this is an
-            unbiased estimate (L_r's 1/B of "mean" stays the full batch's).
-        alpha_warmup: alpha and beta ramp linearly from 0 over this many training calls (call t has
-            weight min(1, t / alpha_warmup); calls with weight 0 skip the regularizer).
         fused_layers: run the members' BatchNorm and Conv2d layers (every ``F.batch_norm`` and
             ``F.conv2d`` call) through edlcm_ext's double-backward paths (:mod:`edlcm_ext.fused`);
             same gradients, less time.
-        gradient: "exact" (double backprop, the paper's) or "first_order": a finite-difference
-            parameter gradient with no double backward (:mod:`edlcm_ext.loss.first_order`; approximate,
-            not the default: docs/fused.md gives its agreement with the exact gradient).
-        fd_step: with gradient="first_order", the per-sample L2 step of the finite difference.
         check_inputs: check x for NaN/Inf and y's label range. On CPU these raise a ValueError; on
             other devices they are asynchronous device asserts (no host sync per call).
-        autocast_regularizer: under ``torch.autocast``, run the regularizer's passes in the autocast
-            dtype too. Off by default: u is a small difference of two input gradients, which bf16
-            cannot resolve (L_r and L_g off by tens of percent against float32: docs/loss.md), so the
-            regularizer's passes run in float32 while the caller's other work (and the CE-only calls
-            of every=k) keeps autocast.
         compiled: run the regularizer's passes (and the CE-only calls of every=k) through
             torch.compile, the input gradients taken with torch.func (:mod:`edlcm_ext.loss.compiled`):
             the same loss and gradients as the exact path, as a few generated kernels (on CUDA
@@ -100,7 +85,11 @@ class HvpCurvatureLoss(nn.Module):
             keyword arguments. Compiles on the first call and again for a new batch shape or a
             train/eval switch. The labels' range is then checked by cross-entropy itself, not here.
 
-    Training calls (grad mode on) advance the schedule of ``every`` and ``alpha_warmup``; its state is
+    Under ``torch.autocast`` the regularizer's passes run in float32: u is a small difference of two
+    input gradients, which bf16 cannot resolve (docs/loss.md); the caller's other work (and the
+    CE-only calls of every=k) keeps autocast.
+
+    Training calls (grad mode on) advance the schedule of ``every``; its state is
     in ``state_dict()``, so it survives a checkpoint. Under ``torch.no_grad()`` (a validation loop) the
     terms are computed on the whole batch at full weight, detached, and the schedule does not move.
     Members are any modules mapping x (B, ...) to logits (B, classes); their train/eval mode is left
@@ -112,69 +101,48 @@ class HvpCurvatureLoss(nn.Module):
         alpha: float = 1.0,
         beta: float = 0.01,
         h: float = DEFAULT_H,
-        eps: float = 1e-8,
         reduction: str = "per_sample",
         max_ratio: float | None = DEFAULT_MAX_RATIO,
         max_pull: float | None = None,
         every: int = 1,
-        batch_fraction: float = 1.0,
-        alpha_warmup: int = 0,
         fused_layers: bool = True,
-        gradient: str = "exact",
-        fd_step: float = 1e-2,
         check_inputs: bool = True,
-        autocast_regularizer: bool = False,
         compiled: bool | dict = False,
     ) -> None:
         super().__init__()
         for name, value in (("alpha", alpha), ("beta", beta)):
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value}")
-        if gradient not in ("exact", "first_order"):
-            raise ValueError(f"gradient must be 'exact' or 'first_order', got {gradient!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         check_switch("compiled", compiled)
-        if compiled is not False and gradient != "exact":
-            raise ValueError(f"compiled applies to gradient='exact', got gradient={gradient!r}")
-        for name, value in (("h", h), ("eps", eps), ("fd_step", fd_step)) + tuple(
+        for name, value in (("h", h),) + tuple(
             (name, value) for name, value in (("max_ratio", max_ratio), ("max_pull", max_pull)) if value is not None
         ):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {value}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
-        if isinstance(alpha_warmup, bool) or not isinstance(alpha_warmup, int) or alpha_warmup < 0:
-            raise ValueError(f"alpha_warmup must be an integer >= 0 (a number of steps), got {alpha_warmup!r}")
-        if not (isinstance(batch_fraction, (int, float)) and 0 < batch_fraction <= 1):
-            raise ValueError(f"batch_fraction must be in (0, 1], got {batch_fraction!r}")
-        self.alpha, self.beta, self.h, self.eps = float(alpha), float(beta), float(h), float(eps)
-        self.reduction, self.every, self.batch_fraction, self.alpha_warmup = (
+        self.alpha, self.beta, self.h, self.reduction, self.every = (
+            float(alpha),
+            float(beta),
+            float(h),
             reduction,
             every,
-            float(batch_fraction),
-            alpha_warmup,
         )
-        self.fused_layers, self.gradient, self.fd_step, self.check_inputs = (
-            fused_layers,
-            gradient,
-            float(fd_step),
-            check_inputs,
-        )
-        self.autocast_regularizer = autocast_regularizer
+        self.fused_layers, self.check_inputs = fused_layers, check_inputs
         self.compiled = compiled
         self.max_ratio = None if max_ratio is None else float(max_ratio)
         self.max_pull = None if max_pull is None else float(max_pull)
-        self.calls = 0  # training calls so far: the clock of `every` and `alpha_warmup`
+        self.calls = 0  # training calls so far: the clock of `every`
         self._regularized_calls = 0
         self._warned = False
 
     def extra_repr(self) -> str:
         return (
-            f"alpha={self.alpha}, beta={self.beta}, h={self.h}, eps={self.eps}, reduction={self.reduction!r}, "
-            f"max_ratio={self.max_ratio}, max_pull={self.max_pull}, "
-            f"every={self.every}, batch_fraction={self.batch_fraction}, alpha_warmup={self.alpha_warmup}, "
-            f"fused_layers={self.fused_layers}, gradient={self.gradient!r}, compiled={self.compiled!r}"
+            f"alpha={self.alpha}, beta={self.beta}, h={self.h}, reduction={self.reduction!r}, "
+            f"max_ratio={self.max_ratio}, max_pull={self.max_pull}, every={self.every}, "
+            f"fused_layers={self.fused_layers}, compiled={self.compiled!r}"
         )
 
     @property
@@ -198,12 +166,9 @@ class HvpCurvatureLoss(nn.Module):
         self._warned = bool(state["warned"])
 
     def schedule_weight(self, call: int) -> float:
-        """The factor of the regularizer on training call ``call`` (0-based): ``every`` times the
-        warm-up factor on the calls that regularize, 0 on the others."""
-        if call % self.every:
-            return 0.0
-        warm = 1.0 if self.alpha_warmup == 0 else min(1.0, call / self.alpha_warmup)
-        return self.every * warm
+        """The factor of the regularizer on training call ``call`` (0-based): ``every`` on the calls
+        that regularize (call % every == 0, the first included), 0 on the others."""
+        return 0.0 if call % self.every else float(self.every)
 
     def forward(self, models: Sequence[nn.Module], x: Tensor, y: Tensor) -> Tensor:
         return self._terms(models, x, y, need_ece=False).total
@@ -224,23 +189,14 @@ class HvpCurvatureLoss(nn.Module):
             zero = x.new_zeros(())
             ece = self._members_cross_entropy(models, x, y, check_logits) if need_ece else zero
             return CurvatureTerms(total=zero.requires_grad_(), ece=ece, l_r=zero, l_g=zero, applied=False)
-        rows = math.ceil(self.batch_fraction * x.shape[0])
-        if rows < x.shape[0]:
-            chosen = torch.randperm(x.shape[0], device=x.device)[:rows]
-            ece = self._members_cross_entropy(models, x, y, check_logits) if need_ece else None
-            terms = self._regularizer(models, x[chosen], y[chosen], check_logits=None, scale=scale)
-            terms = terms._replace(ece=terms.ece if ece is None else ece)
-        else:
-            terms = self._regularizer(models, x, y, check_logits, scale)
+        terms = self._regularizer(models, x, y, check_logits, scale)
         if self.max_pull is not None:
             terms = self._bound_pull(models, terms)
         self._check_dominance(terms, x.shape[0])
         return terms._replace(total=terms.total * weight) if weight != 1 else terms
 
     def _regularizer(self, models, x, y, check_logits, scale: float) -> CurvatureTerms:
-        with (
-            torch.autocast(x.device.type, enabled=False) if not self.autocast_regularizer else contextlib.nullcontext()
-        ):
+        with torch.autocast(x.device.type, enabled=False):  # float32: bf16 cannot resolve u (docs/loss.md)
             return self._regularizer_passes(models, x, y, check_logits, scale)
 
     def _members_cross_entropy(self, models, x, y, check_logits) -> Tensor:
@@ -249,8 +205,6 @@ class HvpCurvatureLoss(nn.Module):
         return members_cross_entropy(models, x, y, check_logits)
 
     def _regularizer_passes(self, models, x, y, check_logits, scale: float) -> CurvatureTerms:
-        if self.gradient == "first_order":
-            return first_order_terms(self, models, x, y, check_logits, scale)
         if self._compiled_passes is not None:
             return self._compiled_passes(models, x, y, scale)
         with fused_layers(self.fused_layers):
@@ -264,7 +218,7 @@ class HvpCurvatureLoss(nn.Module):
 
     def _combine(self, u: Tensor, ece: Tensor, scale: float) -> CurvatureTerms:
         """L_r and L_g (eqs 9-10) from u, combined with L_ece as in eq 11."""
-        sq_norms, cosines = ops.curvature_stats(u, self.eps)
+        sq_norms, cosines = ops.curvature_stats(u, COSINE_EPS)
         return terms_from_statistics(sq_norms, cosines, ece, self.alpha, self.beta, scale, self.max_ratio)
 
     def _bound_pull(self, models: list[nn.Module], terms: CurvatureTerms) -> CurvatureTerms:
@@ -292,14 +246,13 @@ class HvpCurvatureLoss(nn.Module):
         curvature, ce = float(terms.alpha_applied * terms.l_r.detach()), float(terms.ece.detach())
         if curvature > DOMINANCE_RATIO * ce:
             self._warned = True
-            fix = f"set max_ratio (default {DEFAULT_MAX_RATIO:g}), lower alpha"
+            fix = f"set max_ratio (default {DEFAULT_MAX_RATIO:g}) or max_pull, lower alpha"
             if self.reduction == "mean":  # under "mean" L_r scales as 1/B: a small batch makes it larger
                 fix += f" (under 'mean' L_r scales as 1/batch size; this batch has {terms_batch})"
             warnings.warn(
                 f"HvpCurvatureLoss: alpha * L_r = {curvature:.4g} is {curvature / max(ce, 1e-12):.0f}x the ensemble "
                 f"cross-entropy ({ce:.4g}) with alpha={self.alpha:g} and reduction={self.reduction!r}: the curvature "
-                f"term swamps the classification loss, and such runs stall at chance or diverge to NaN. To fix: {fix}, "
-                f"or ramp it in with alpha_warmup=<steps>.",
+                f"term swamps the classification loss, and such runs stall at chance or diverge to NaN. To fix: {fix}.",
                 RuntimeWarning,
                 stacklevel=4,  # the caller of terms() or forward()
             )

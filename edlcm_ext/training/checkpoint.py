@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 from typing import Any
 
@@ -26,16 +27,28 @@ from .data import DatasetInfo
 # 3: method_options record every knob of the regularizer's strength (alpha, beta, h, reduction,
 #    max_ratio); the convention once called "sum" is named "per_sample".
 # 4: ... and max_pull.
-FORMAT_VERSION = 4
+# 5: ... and every (the regularizer's schedule); options removed in 0.4 are dropped on reading.
+FORMAT_VERSION = 5
 REQUIRED_KEYS = ("epoch", "ensemble", "config", "info")
 # Methods whose meaning depends on HvpCurvatureLoss's options. Checkpoints written before the
 # convention was recorded (format 1) were trained under "sum", the only one that existed then;
-# before format 3, h was 0.1 and there was no cap; before format 4, no bound on the pull.
+# before format 3, h was 0.1 and there was no cap; before format 4, no bound on the pull; before
+# format 5 the regularizer ran on every step unless `every` was set (and so recorded).
 CURVATURE_METHODS = ("edlcm", "edlcm_lr", "edlcm_lg")
 OLD_DEFAULTS = {
-    1: {"reduction": "per_sample", "h": 0.1, "max_ratio": None, "max_pull": None},
-    2: {"h": 0.1, "max_ratio": None, "max_pull": None},
-    3: {"max_pull": None},
+    1: {"reduction": "per_sample", "h": 0.1, "max_ratio": None, "max_pull": None, "every": 1},
+    2: {"h": 0.1, "max_ratio": None, "max_pull": None, "every": 1},
+    3: {"max_pull": None, "every": 1},
+    4: {"every": 1},
+}
+# HvpCurvatureLoss options removed in 0.4 (CHANGELOG.md), with the value at which each changed nothing.
+REMOVED_OPTIONS = {
+    "eps": 1e-8,
+    "batch_fraction": 1.0,
+    "alpha_warmup": 0,
+    "gradient": "exact",
+    "fd_step": 1e-2,
+    "autocast_regularizer": False,
 }
 RENAMED_REDUCTIONS = {"sum": "per_sample"}
 
@@ -95,14 +108,28 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     if version < FORMAT_VERSION and config.get("method") in CURVATURE_METHODS:
         options = {**OLD_DEFAULTS[version], **config.get("method_options", {})}
         options["reduction"] = RENAMED_REDUCTIONS.get(options["reduction"], options["reduction"])
+        removed = {key: options.pop(key) for key in list(options) if key in REMOVED_OPTIONS}
+        # Set at a value that changed something: the run cannot go on as it was trained.
+        checkpoint["removed_options"] = {key: value for key, value in removed.items() if value != REMOVED_OPTIONS[key]}
         config["method_options"] = options
     checkpoint["format"] = FORMAT_VERSION
     return checkpoint
 
 
+def removed_options_note(path: str, checkpoint: dict) -> str:
+    """What changed for a run trained with options removed since ("" if none)."""
+    removed = checkpoint.get("removed_options") or {}
+    if not removed:
+        return ""
+    settings = ", ".join(f"{key}={value!r}" for key, value in removed.items())
+    return f"{path} was trained with {settings}, removed from HvpCurvatureLoss in 0.4 (CHANGELOG.md)"
+
+
 def load_checkpoint(path: str, device: str = "cpu") -> tuple[Ensemble, TrainConfig, DatasetInfo, dict]:
     """(ensemble in eval mode, its TrainConfig, DatasetInfo, the raw checkpoint) from a trainer checkpoint."""
     checkpoint = read_checkpoint(path, device)
+    if note := removed_options_note(path, checkpoint):
+        warnings.warn(f"{note}: its weights load as trained; only resuming its training is not possible", stacklevel=2)
     config = TrainConfig(**checkpoint["config"])
     info = DatasetInfo(**checkpoint["info"])
     ensemble = build_ensemble(config, info).to(device)

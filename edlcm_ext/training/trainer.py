@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..models.ensemble import Ensemble
-from .checkpoint import FORMAT_VERSION, atomic_save, build_ensemble, read_checkpoint
+from .checkpoint import FORMAT_VERSION, atomic_save, build_ensemble, read_checkpoint, removed_options_note
 from .config import TrainConfig
 from .data import fixed_subset, load_dataset
 from .methods import build_method
@@ -161,6 +161,8 @@ def _train(
     test_loader = DataLoader(test_set, batch_size=256, num_workers=config.workers)
 
     checkpoint = read_checkpoint(checkpoint_path, device) if resume and os.path.exists(checkpoint_path) else None
+    if checkpoint is not None and (note := removed_options_note(checkpoint_path, checkpoint)):
+        raise ValueError(f"--resume: {note}; it cannot go on as it was trained. Evaluate it, or start a new run")
     if checkpoint is not None:  # options the run was started with (e.g. its L_r convention) stay, unless overridden now
         config = dataclasses.replace(
             config, method_options={**checkpoint["config"].get("method_options", {}), **config.method_options}

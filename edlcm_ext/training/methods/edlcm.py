@@ -7,8 +7,8 @@ from .base import Method, register
 @register("edlcm")
 class EDLCM(Method):
     """EDLCM (Zhao et al.): L_ece + alpha L_r + beta L_g (eq 11), alpha = 1, beta = 0.01, through the
-    fused :class:`edlcm_ext.HvpCurvatureLoss`; its other options (reduction, every, batch_fraction,
-    alpha_warmup, ...) pass through, e.g. ``--set every=4``."""
+    fused :class:`edlcm_ext.HvpCurvatureLoss`; its other options (h, reduction, max_ratio, every, ...)
+    pass through, e.g. ``--set every=1``."""
 
     name = "edlcm"
     fixed: tuple[str, ...] = ()  # options an ablation pins (its zeroed weight), so not recorded as settable
@@ -50,6 +50,7 @@ class EDLCM(Method):
             "reduction": r.reduction,
             "max_ratio": r.max_ratio,
             "max_pull": r.max_pull,
+            "every": r.every,
         }
         return {key: value for key, value in options.items() if key not in self.fixed}
 
@@ -57,7 +58,7 @@ class EDLCM(Method):
         r = self.regularizer
         return (
             f"With alpha={r.alpha}, h={r.h}, reduction={r.reduction!r}, max_ratio={r.max_ratio}, alpha * L_r may swamp "
-            f"the CE (HvpCurvatureLoss warns when it does): keep max_ratio on, lower alpha or h, or set alpha_warmup "
+            f"the CE (HvpCurvatureLoss warns when it does): keep max_ratio on, set max_pull, or lower alpha or h "
             f"(docs/defaults.md)."
         )
 
