@@ -164,13 +164,35 @@ def generated_block(results_dir: str, page: str, names: list[str], runs: dict[st
         cost_robustness.write_report(
             {name: run["result"] for name, run in evaluated.items()}, costs, eps_values, results_dir
         )
+        write_trade_curve(evaluated, args.headline, os.path.join(results_dir, "trade_curve.png"))
         parts += [
             f"### Cost and robustness (step cost from `{os.path.relpath(args.bench)}`, {args.config})",
             f"![cost vs worst case]({link}/cost_robustness.png)",
+            f"### Clean accuracy against the worst case at eps {args.headline}",
+            f"![clean vs worst case]({link}/trade_curve.png)",
         ]
     else:
         parts.append("The cost–robustness figure waits for the Base run.")
     return "\n\n".join(parts)
+
+
+def write_trade_curve(evaluated: dict[str, dict], headline: str, path: str) -> None:
+    """Clean accuracy on the 10,000 test images (the last epoch's) against the worst case at eps
+    ``headline``, one point per evaluated run: where each method and setting sits on the trade."""
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4.2))
+    for name, run in evaluated.items():
+        clean, worst = 100 * run["log"][-1]["test_accuracy"], 100 * run["result"]["worst"][headline]["all"]
+        edlcm = run["config"]["method"].startswith("edlcm")
+        axis.scatter(clean, worst, marker="o" if edlcm else "s", color="C0" if edlcm else "C1")
+        axis.annotate(name, (clean, worst), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axis.set(xlabel="clean accuracy, 10,000 test images (%)", ylabel=f"worst-case accuracy at eps {headline} (%)")
+    axis.grid(alpha=0.3)
+    axis.set_title("EDLCM settings (circles) and other methods (squares)", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def replace_block(text: str, block: str, page: str) -> str:
