@@ -12,6 +12,9 @@
 # each run's measure).
 #   nohup bash experiments/cifar10_full.sh > cifar10_full.log 2>&1 &
 #   ATTACKS=default,autoattack bash experiments/cifar10_full.sh   # then torchattacks' AutoAttack row too
+#   RUNS="base edlcm" bash experiments/cifar10_full.sh            # only the named runs, in the file's order
+# The AutoAttack rows the comparison reports (the field's question, docs/results.md), once each run is trained:
+#   RUNS="base edlcm edlcm_every16 adp gal deg pdd at_fast at_pgd4 trs" ATTACKS=default,autoattack bash experiments/cifar10_full.sh
 #   python experiments/evidence_report.py   # tables, figure and docs/results.md from the committed runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +24,6 @@ export EPS=${EPS:-0.005,0.01,0.02}
 mapfile -t runs < <(grep -v '^#' experiments/cifar10_full.runs)
 for run in "${runs[@]}"; do
   read -r -a fields <<< "$run"
+  [ -n "${RUNS:-}" ] && [[ " $RUNS " != *" ${fields[0]} "* ]] && continue
   bash experiments/persistent_run.sh "${fields[@]}"
 done
