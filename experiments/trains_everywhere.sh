@@ -6,7 +6,8 @@
 # skipped, so a rerun on any machine continues. Cheapest first: on 2 CPU cores small_cnn and resnet20
 # take minutes, the torchvision ResNets ~0.5-1 h each (they downsample 32x32 inputs early), vgg16_bn
 # and our resnet18 ~2 h each, resnet34 ~5 h. REPO: record and commit into another clone (the code pinned
-# in this one, so editing the other does not change a run halfway).
+# in this one, so editing the other does not change a run halfway). SUFFIX names a repeat at other
+# defaults (SUFFIX=_every16: results/trains_everywhere/<arch>_every16.md, the lazy default's check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=${REPO:-$PWD}
@@ -15,7 +16,7 @@ STEPS=${STEPS:-200}
 OUT=$repo/results/trains_everywhere
 mkdir -p "$OUT"
 for arch in ${ARCHS:-small_cnn resnet20 torchvision_resnet18 torchvision_resnet34 vgg16_bn resnet18 resnet34}; do
-  record=$OUT/$arch.md
+  record=$OUT/$arch${SUFFIX:-}.md
   [ -f "$record" ] && continue
   echo "== $arch ($(date -u +%H:%M))"
   python experiments/paper_defaults.py --data-dir "$DATA" --steps "$STEPS" --settings base,default --arch "$arch" \
