@@ -181,14 +181,20 @@ def test_format_2_checkpoints_load_with_the_options_they_were_trained_with(tmp_p
     }
 
 
+def trained_checkpoint_as_format(tmp_path, version: int) -> tuple[str, dict]:
+    """A one-epoch EDLCM run in tmp_path/run, its checkpoint's path and its contents marked as format
+    ``version`` (the caller edits them into what that format held, then saves them)."""
+    train_edlcm(tmp_path / "run")
+    path = str(tmp_path / "run" / "checkpoint.pt")
+    old = torch.load(path, weights_only=True)
+    old["format"] = version
+    return path, old
+
+
 def test_format_3_checkpoints_load_without_a_bound_on_the_pull(tmp_path):
     """Format 3 recorded every knob but max_pull, which did not exist: those runs had no bound, whatever
     today's default."""
-    out = tmp_path / "run"
-    train_edlcm(out)
-    path = str(out / "checkpoint.pt")
-    old = torch.load(path, weights_only=True)
-    old["format"] = 3
+    path, old = trained_checkpoint_as_format(tmp_path, 3)
     del old["config"]["method_options"]["max_pull"]
     atomic_save(old, path)
     _, config, _, _ = load_checkpoint(path)
@@ -198,11 +204,7 @@ def test_format_3_checkpoints_load_without_a_bound_on_the_pull(tmp_path):
 def test_format_4_checkpoints_keep_the_exact_step(tmp_path):
     """Format 4 did not record ``every``: such a run regularized every step unless --set every=k was
     given (and so recorded), whatever today's default."""
-    out = tmp_path / "run"
-    train_edlcm(out)
-    path = str(out / "checkpoint.pt")
-    old = torch.load(path, weights_only=True)
-    old["format"] = 4
+    path, old = trained_checkpoint_as_format(tmp_path, 4)
     del old["config"]["method_options"]["every"]
     atomic_save(old, path)
     assert load_checkpoint(path)[1].method_options["every"] == 1
@@ -215,18 +217,14 @@ def test_a_run_trained_with_a_removed_option_loads_with_a_note_and_refuses_to_re
     """alpha_warmup left HvpCurvatureLoss in 0.4: a checkpoint that used it loads for evaluation with a
     warning naming it, and resuming it fails in one line naming it; one that left it at its no-effect
     value loads silently."""
-    out = tmp_path / "run"
-    train_edlcm(out)
-    path = str(out / "checkpoint.pt")
-    old = torch.load(path, weights_only=True)
-    old["format"] = 4
+    path, old = trained_checkpoint_as_format(tmp_path, 4)
     old["config"]["method_options"].update(alpha_warmup=100, batch_fraction=1.0)
     atomic_save(old, path)
     with pytest.warns(UserWarning, match=r"trained with alpha_warmup=100, removed from HvpCurvatureLoss in 0.4"):
         _, config, _, _ = load_checkpoint(path)
     assert "alpha_warmup" not in config.method_options and "batch_fraction" not in config.method_options
     with pytest.raises(ValueError, match=r"^--resume: .*alpha_warmup=100.*cannot go on as it was trained"):
-        train_edlcm(out, epochs=2, resume=True)
+        train_edlcm(tmp_path / "run", epochs=2, resume=True)
     old["config"]["method_options"]["alpha_warmup"] = 0
     atomic_save(old, path)
     with warnings.catch_warnings():

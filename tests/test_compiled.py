@@ -106,7 +106,7 @@ def test_compiled_loss_matches_the_reference(options, train_mode):
     """Terms, parameter gradients and BatchNorm running statistics of the compiled loss against
     edlcm_ext.loss.reference, float64."""
     assert_matches_reference(
-        [m.train(train_mode) for m in ensemble()], HvpCurvatureLoss(compiled=TRACE_ONLY, **options)
+        [m.train(train_mode) for m in ensemble()], HvpCurvatureLoss(every=1, compiled=TRACE_ONLY, **options)
     )
     assert_compiled_whole()
 
@@ -117,7 +117,7 @@ def test_compiled_amortized_options_follow_the_eager_schedule(options):
     schedule stays in Python; skipped calls run the compiled cross-entropy)."""
     models = ensemble()
     twin = copy.deepcopy(models)
-    eager, fast = HvpCurvatureLoss(**options), HvpCurvatureLoss(compiled=TRACE_ONLY, **options)
+    eager, fast = HvpCurvatureLoss(every=1, **options), HvpCurvatureLoss(every=1, compiled=TRACE_ONLY, **options)
     for _ in range(3):
         x, y = batch()
         ours = fast.terms(models, x, y)
@@ -148,13 +148,15 @@ class DataDependentMember(torch.nn.Module):
 
 def test_a_member_dynamo_cannot_trace_falls_back_to_correct_eager_pieces():
     """The documented fallback: a graph break in a member costs the speed-up, not correctness."""
-    assert_matches_reference([DataDependentMember().double() for _ in range(2)], HvpCurvatureLoss(compiled=TRACE_ONLY))
+    assert_matches_reference(
+        [DataDependentMember().double() for _ in range(2)], HvpCurvatureLoss(every=1, compiled=TRACE_ONLY)
+    )
     assert counters["graph_break"]  # the fallback did happen
 
 
 def test_inductor_compiled_loss_matches_the_reference():
     """The default switch (Inductor's generated C++ on the CPU), float64."""
-    assert_matches_reference(ensemble(members=2), HvpCurvatureLoss(compiled=True), rtol=1e-9)
+    assert_matches_reference(ensemble(members=2), HvpCurvatureLoss(every=1, compiled=True), rtol=1e-9)
     assert_compiled_whole()
 
 
@@ -203,7 +205,7 @@ def test_cuda_graphed_loss_matches_eager_within_float32_tolerance():
     the eager exact path, float32."""
     models = ensemble(dtype=torch.float32, device="cuda")
     twin = copy.deepcopy(models)
-    fast, eager = HvpCurvatureLoss(compiled=True), HvpCurvatureLoss()
+    fast, eager = HvpCurvatureLoss(every=1, compiled=True), HvpCurvatureLoss(every=1)
     for _ in range(3):
         x, y = batch(dtype=torch.float32, device="cuda")
         ours, theirs = fast.terms(models, x, y), eager.terms(twin, x, y)

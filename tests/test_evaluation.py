@@ -399,7 +399,7 @@ def test_term_gradient_norms_are_each_terms_weight_gradient():
     torch.manual_seed(0)
     models = [nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 3)).double() for _ in range(2)]
     x, y = torch.rand(8, 3, 2, 2, dtype=torch.float64), torch.randint(0, 3, (8,))
-    mean = term_gradient_norms(models, x, y, HvpCurvatureLoss(alpha=1.0, beta=0.5, reduction="mean"))
+    mean = term_gradient_norms(models, x, y, HvpCurvatureLoss(every=1, alpha=1.0, beta=0.5, reduction="mean"))
     # the CE's norm from a plain backward of the members' summed batch-mean CE
     for m in models:
         m.zero_grad()
@@ -407,7 +407,7 @@ def test_term_gradient_norms_are_each_terms_weight_gradient():
     direct = torch.sqrt(sum((p.grad**2).sum() for m in models for p in m.parameters()))
     assert mean["grad_ce"] == pytest.approx(float(direct), rel=1e-12)
     # alpha and beta scale their own term's value and gradient, and only theirs; "sum" is B times "mean" for L_r
-    scaled = term_gradient_norms(models, x, y, HvpCurvatureLoss(alpha=3.0, beta=2.0, reduction="per_sample"))
+    scaled = term_gradient_norms(models, x, y, HvpCurvatureLoss(every=1, alpha=3.0, beta=2.0, reduction="per_sample"))
     assert scaled["grad_alpha_l_r"] == pytest.approx(3.0 * 8 * mean["grad_alpha_l_r"], rel=1e-9)
     assert scaled["alpha_l_r"] == pytest.approx(3.0 * 8 * mean["alpha_l_r"], rel=1e-9)
     assert scaled["grad_beta_l_g"] == pytest.approx(4.0 * mean["grad_beta_l_g"], rel=1e-9)

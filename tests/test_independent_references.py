@@ -48,7 +48,7 @@ def test_softmax_regression_closed_form():
     for reduction, scale in (("per_sample", 1.0), ("mean", 1.0 / size)):
         l_r_sum, l_g, ece = closed_form()
         l_r = l_r_sum * scale
-        terms = HvpCurvatureLoss(alpha=alpha, beta=beta, h=h, reduction=reduction).terms(models, x, y)
+        terms = HvpCurvatureLoss(every=1, alpha=alpha, beta=beta, h=h, reduction=reduction).terms(models, x, y)
         torch.testing.assert_close(terms.l_r, l_r, rtol=1e-12, atol=0)
         torch.testing.assert_close(terms.l_g, l_g, rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(terms.ece, ece, rtol=1e-12, atol=0)
@@ -79,7 +79,7 @@ def test_second_implementation_on_a_batchnorm_cnn(train):
     models = [m.train(train) for m in ensemble()]
     twins = copy.deepcopy(models)
     x, y = batch(size=6)
-    terms = HvpCurvatureLoss(alpha=0.7, beta=0.4, h=0.2, reduction="per_sample").terms(models, x, y)
+    terms = HvpCurvatureLoss(every=1, alpha=0.7, beta=0.4, h=0.2, reduction="per_sample").terms(models, x, y)
     loss, l_r, l_g = paper_edlcm(twins, x, y, 0.7, 0.4, 0.2)
     torch.testing.assert_close(terms.l_r, l_r, rtol=1e-10, atol=0)
     torch.testing.assert_close(terms.l_g, l_g, rtol=1e-10, atol=1e-13)
@@ -105,12 +105,13 @@ def softmax_regression_terms(models, x, y, h, max_ratio, alpha, beta):
     return ce + used * l_r + beta * l_g, ce, l_r, l_g, used
 
 
-def test_default_scale_is_the_per_sample_closed_form_at_h_0_3_for_any_batch_size():
-    """The defaults, written out here on purpose (alpha 1, beta 0.01, h 0.1, per-sample, cap 1): a
-    changed default or a batch-size factor in L_r fails this test. Doubling the batch (the same
-    samples twice) leaves every term unchanged."""
+def test_default_scale_is_the_per_sample_closed_form_at_h_0_1_for_any_batch_size():
+    """The defaults, written out here on purpose (alpha 1, beta 0.01, h 0.1, per-sample, cap 1, the
+    regularizer on one call in 16 at weight 16): a changed default or a batch-size factor in L_r fails
+    this test. The first call is the regularizing one; the next 15 add nothing. Doubling the batch
+    (the same samples twice) leaves every term unchanged."""
     torch.manual_seed(1)
-    dims, classes = 6, 3
+    dims, classes, k = 6, 3, 16
     models = [torch.nn.Linear(dims, classes).double() for _ in range(3)]
     x, y = torch.randn(5, dims, dtype=torch.float64), torch.randint(0, classes, (5,))
     loss, ce, l_r, l_g, used = softmax_regression_terms(
@@ -118,10 +119,13 @@ def test_default_scale_is_the_per_sample_closed_form_at_h_0_3_for_any_batch_size
     )
     assert used == 1.0  # the cap is not engaged here: this is the plain per-sample scale
     for xs, ys in ((x, y), (torch.cat([x, x]), torch.cat([y, y]))):
-        terms = HvpCurvatureLoss().terms(models, xs, ys)
+        regularizer = HvpCurvatureLoss()
+        terms = regularizer.terms(models, xs, ys)
         torch.testing.assert_close(terms.l_r, l_r, rtol=1e-12, atol=0)
         torch.testing.assert_close(terms.l_g, l_g, rtol=1e-12, atol=1e-15)
-        torch.testing.assert_close(terms.ece + terms.total, loss, rtol=1e-12, atol=0)
+        torch.testing.assert_close(terms.ece + terms.total, ce + k * (loss - ce), rtol=1e-12, atol=0)
+        skipped = [regularizer.terms(models, xs, ys) for _ in range(k - 1)]
+        assert not any(t.applied or t.total.item() for t in skipped) and regularizer.terms(models, xs, ys).applied
 
 
 def steep_softmax_regressions(seed: int, steepness: float, dims: int = 6, classes: int = 3, batch: int = 8):
@@ -143,13 +147,13 @@ def test_max_ratio_caps_alpha_times_l_r_at_that_multiple_of_the_ce():
     saturate the softmax, and round-off then flips signs of near-zero input gradients, so g differs.)"""
     alpha, beta, max_ratio = 1.0, 0.3, 0.002
     models, twins, x, y = steep_softmax_regressions(seed=2, steepness=8)
-    terms = HvpCurvatureLoss(alpha=alpha, beta=beta, max_ratio=max_ratio).terms(models, x, y)
+    terms = HvpCurvatureLoss(every=1, alpha=alpha, beta=beta, max_ratio=max_ratio).terms(models, x, y)
     loss, ce, l_r, l_g, used = softmax_regression_terms(twins, x, y, h=0.1, max_ratio=max_ratio, alpha=alpha, beta=beta)
     assert used < 0.5 * alpha  # engaged
     torch.testing.assert_close(terms.alpha_applied, torch.tensor(used, dtype=torch.float64), rtol=1e-12, atol=0)
     torch.testing.assert_close(terms.total, max_ratio * ce + beta * l_g, rtol=1e-12, atol=0)
     assert_grads_close(parameter_grads(models, terms.ece + terms.total), parameter_grads(twins, loss))
-    uncapped = HvpCurvatureLoss(alpha=alpha, beta=beta, max_ratio=None).terms(copy.deepcopy(twins), x, y)
+    uncapped = HvpCurvatureLoss(every=1, alpha=alpha, beta=beta, max_ratio=None).terms(copy.deepcopy(twins), x, y)
     torch.testing.assert_close(uncapped.total, alpha * l_r + beta * l_g, rtol=1e-12, atol=0)
 
 
@@ -183,7 +187,7 @@ def test_max_pull_bounds_the_regularizers_weight_gradient_at_that_multiple_of_th
     every member's parameters together; a loose bound leaves the plain step."""
     alpha, beta = 1.0, 0.3
     models, twins, x, y = steep_softmax_regressions(seed=3, steepness=4)
-    terms = HvpCurvatureLoss(alpha=alpha, beta=beta, max_ratio=None, max_pull=max_pull).terms(models, x, y)
+    terms = HvpCurvatureLoss(every=1, alpha=alpha, beta=beta, max_ratio=None, max_pull=max_pull).terms(models, x, y)
     _, ce, l_r, l_g, _ = softmax_regression_terms(twins, x, y, h=0.1, max_ratio=math.inf, alpha=alpha, beta=beta)
     params = [p for m in twins for p in m.parameters()]
     ce_grads = torch.autograd.grad(ce, params, retain_graph=True)

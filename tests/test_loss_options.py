@@ -34,7 +34,7 @@ def test_mean_convention_is_eq9_with_the_batch_mean_cross_entropy():
     x1 = (x + h * g).requires_grad_(True)
     (grad1,) = torch.autograd.grad(torch.nn.CrossEntropyLoss()(model(x1), y), x1)
     expected = (grad1 - grad0).pow(2).sum()
-    terms = HvpCurvatureLoss(alpha=1.0, beta=0.0, h=h, reduction="mean").terms([model], x, y)
+    terms = HvpCurvatureLoss(every=1, alpha=1.0, beta=0.0, h=h, reduction="mean").terms([model], x, y)
     torch.testing.assert_close(terms.l_r, expected, rtol=1e-10, atol=0)
 
 
@@ -45,8 +45,8 @@ def test_conversion_rule_between_conventions_is_exact(train):
     twin = copy.deepcopy(models)
     x, y = batch(size=6)
     alpha, beta = 0.7, 0.3
-    mean = HvpCurvatureLoss(alpha=alpha, beta=beta, reduction="mean").terms(models, x, y)
-    summed = HvpCurvatureLoss(alpha=alpha / x.shape[0], beta=beta, reduction="per_sample").terms(twin, x, y)
+    mean = HvpCurvatureLoss(every=1, alpha=alpha, beta=beta, reduction="mean").terms(models, x, y)
+    summed = HvpCurvatureLoss(every=1, alpha=alpha / x.shape[0], beta=beta, reduction="per_sample").terms(twin, x, y)
     torch.testing.assert_close(mean.l_r * x.shape[0], summed.l_r, rtol=1e-12, atol=0)
     torch.testing.assert_close(mean.l_g, summed.l_g, rtol=1e-12, atol=0)
     torch.testing.assert_close(mean.total, summed.total, rtol=1e-12, atol=0)
@@ -77,8 +77,8 @@ def test_fused_layers_off_gives_the_same_terms_and_gradients(channels_last):
     twin = copy.deepcopy(models)
     x, y = batch()
     x = x.contiguous(memory_format=layout)
-    fused = HvpCurvatureLoss().terms(models, x, y)
-    plain = HvpCurvatureLoss(fused_layers=False).terms(twin, x, y)
+    fused = HvpCurvatureLoss(every=1).terms(models, x, y)
+    plain = HvpCurvatureLoss(every=1, fused_layers=False).terms(twin, x, y)
     for name in ("total", "ece", "l_r", "l_g"):
         torch.testing.assert_close(getattr(fused, name), getattr(plain, name), rtol=1e-10, atol=1e-12)
     for a, b in zip(parameter_grads(models, fused.ece + fused.total), parameter_grads(twin, plain.ece + plain.total)):
@@ -89,7 +89,7 @@ def test_every_k_scales_the_regularized_call_and_leaves_exactly_the_ce_on_the_ot
     models = ensemble()
     x, y = batch()
     k = 3
-    lazy, exact = HvpCurvatureLoss(every=k, beta=0.5), HvpCurvatureLoss(beta=0.5)
+    lazy, exact = HvpCurvatureLoss(every=k, beta=0.5), HvpCurvatureLoss(every=1, beta=0.5)
     for call in range(2 * k):
         reference_models = copy.deepcopy(models)
         terms = lazy.terms(models, x, y)
@@ -148,7 +148,7 @@ def test_dominance_warning_fires_once_for_an_absurd_alpha_and_not_for_the_defaul
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         absurd.terms(models, x, y)  # once only
-        HvpCurvatureLoss().terms(models, x, y)
+        HvpCurvatureLoss(every=1).terms(models, x, y)
 
 
 def test_max_pull_on_a_batchnorm_cnn_scales_the_regularizers_gradient_before_the_schedule_weight():
@@ -178,7 +178,7 @@ def test_max_pull_on_frozen_members_names_max_pull():
         model.requires_grad_(False)
     x, y = batch()
     with pytest.raises(ValueError, match="^max_pull bounds the pull"):
-        HvpCurvatureLoss(max_pull=0.3).terms(models, x, y)
+        HvpCurvatureLoss(every=1, max_pull=0.3).terms(models, x, y)
 
 
 def test_validation_call_under_no_grad_returns_detached_values_and_keeps_the_schedule():
@@ -187,7 +187,7 @@ def test_validation_call_under_no_grad_returns_detached_values_and_keeps_the_sch
     loss = HvpCurvatureLoss(every=2)
     with torch.no_grad():
         terms = loss.terms(models, x, y)
-    expected = HvpCurvatureLoss().terms(models, x, y)
+    expected = HvpCurvatureLoss(every=1).terms(models, x, y)
     assert loss.calls == 0 and not terms.total.requires_grad
     torch.testing.assert_close(terms.total, expected.total.detach(), rtol=1e-12, atol=0)
 
@@ -212,7 +212,7 @@ def test_unbatched_image_gets_an_error_naming_x():
     models = ensemble()
     x, y = batch(size=1)
     with pytest.raises(ValueError, match=r"x has shape \(3, 8, 8\).*x.unsqueeze\(0\)"):
-        HvpCurvatureLoss()(models, x[0], y)
+        HvpCurvatureLoss(every=1)(models, x[0], y)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -222,9 +222,9 @@ def test_under_autocast_the_regularizer_keeps_float32_values(device):
     torch.manual_seed(0)
     models = [build_model("small_cnn", 10).to(device).train() for _ in range(3)]
     x, y = torch.rand(16, 3, 32, 32, device=device), torch.randint(0, 10, (16,), device=device)
-    reference = HvpCurvatureLoss().terms(copy.deepcopy(models), x, y)
+    reference = HvpCurvatureLoss(every=1).terms(copy.deepcopy(models), x, y)
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
-        terms = HvpCurvatureLoss().terms(copy.deepcopy(models), x, y)
+        terms = HvpCurvatureLoss(every=1).terms(copy.deepcopy(models), x, y)
         (terms.ece + terms.total).backward()
     for name in ("l_r", "l_g", "ece"):
         torch.testing.assert_close(getattr(terms, name), getattr(reference, name), rtol=1e-4, atol=1e-7)
@@ -257,11 +257,11 @@ def test_default_terms_do_not_depend_on_the_batch_size(train):
     x, y = batch(size=5)
     doubled = (torch.cat([x, x]), torch.cat([y, y]))
     one, two = (
-        HvpCurvatureLoss().terms(copy.deepcopy(models), x, y),
-        HvpCurvatureLoss().terms(copy.deepcopy(models), *doubled),
+        HvpCurvatureLoss(every=1).terms(copy.deepcopy(models), x, y),
+        HvpCurvatureLoss(every=1).terms(copy.deepcopy(models), *doubled),
     )
     for name in ("ece", "l_r", "l_g", "total"):
         torch.testing.assert_close(getattr(two, name), getattr(one, name), rtol=1e-10, atol=1e-14)
-    mean_one = HvpCurvatureLoss(reduction="mean").terms(copy.deepcopy(models), x, y)
-    mean_two = HvpCurvatureLoss(reduction="mean").terms(copy.deepcopy(models), *doubled)
+    mean_one = HvpCurvatureLoss(every=1, reduction="mean").terms(copy.deepcopy(models), x, y)
+    mean_two = HvpCurvatureLoss(every=1, reduction="mean").terms(copy.deepcopy(models), *doubled)
     torch.testing.assert_close(mean_two.l_r, mean_one.l_r / 2, rtol=1e-10, atol=0)

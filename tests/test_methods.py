@@ -103,12 +103,15 @@ def test_adp_by_hand():
 def test_edlcm_method_equals_the_regularizer():
     ensemble, (x, y) = small_ensemble(), batch()
     ensemble.eval()
-    loss, logs = build_method("edlcm").loss(ensemble, x, y)
+    loss, logs = build_method("edlcm").loss(ensemble, x, y)  # the defaults: every=16, whose first call regularizes
     terms = HvpCurvatureLoss().terms(list(ensemble.members), x, y)
     torch.testing.assert_close(loss, terms.ece + terms.total)
-    only_r, _ = build_method("edlcm_lr").loss(ensemble, x, y)
+    exact = HvpCurvatureLoss(every=1).terms(list(ensemble.members), x, y)
+    torch.testing.assert_close(terms.total, 16 * exact.total)
+    terms = exact
+    only_r, _ = build_method("edlcm_lr", every=1).loss(ensemble, x, y)
     torch.testing.assert_close(only_r, terms.ece + terms.l_r)
-    only_g, logs = build_method("edlcm_lg", beta=0.25).loss(ensemble, x, y)
+    only_g, logs = build_method("edlcm_lg", beta=0.25, every=1).loss(ensemble, x, y)
     torch.testing.assert_close(only_g, terms.ece + 0.25 * terms.l_g)
     torch.testing.assert_close(logs["l_g"], terms.l_g)
 

@@ -2,7 +2,7 @@
 first-order paths, and the pure-PyTorch reference. Uses the ops and the fused layers, nothing of
 the trainer, the evaluator or the models."""
 
-from .hvp_curvature_loss import DEFAULT_H, DEFAULT_MAX_RATIO, HvpCurvatureLoss
+from .hvp_curvature_loss import DEFAULT_EVERY, DEFAULT_H, DEFAULT_MAX_RATIO, HvpCurvatureLoss
 from .regularizer import CurvatureTerms
 
-__all__ = ["DEFAULT_H", "DEFAULT_MAX_RATIO", "CurvatureTerms", "HvpCurvatureLoss"]
+__all__ = ["DEFAULT_EVERY", "DEFAULT_H", "DEFAULT_MAX_RATIO", "CurvatureTerms", "HvpCurvatureLoss"]
