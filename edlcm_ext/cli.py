@@ -19,7 +19,7 @@ from .evaluation.attacks import ATTACKS, LABELS, PRESETS, expand_attack_names
 from .evaluation.eval_job import DEFAULT_EPS, EvalSettings, run_evaluation
 from .evaluation.evaluate import robust_accuracy
 from .evaluation.report import markdown_table
-from .models import MODELS, build_model
+from .models import MODELS, check_width
 from .training.checkpoint import CheckpointError, load_checkpoint
 from .training.config import TrainConfig
 from .training.data import DATASETS, load_dataset
@@ -181,11 +181,10 @@ def check_train_config(config: TrainConfig, resume: bool) -> None:
             f"--members: method {config.method!r} compares members and needs >= {method.members_needed()}, "
             f"got {config.members}" + (" (or --set beta=0)" if config.method == "edlcm" else "")
         )
-    if config.width != 1:
-        try:
-            build_model(config.arch, 2, width=config.width)
-        except ValueError as error:
-            raise ValueError(f"--{error}") from None
+    try:
+        check_width(config.arch, config.width)
+    except ValueError as error:
+        raise ValueError(f"--{error}") from None
     checkpoint = os.path.join(config.out_dir, "checkpoint.pt")
     if os.path.exists(checkpoint) and not resume:
         raise ValueError(f"--out-dir: {checkpoint} exists; pass --resume to continue it, or choose another --out-dir")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edlcm_ext"
 
-# What each concern may import of edlcm_ext (besides itself and the shared registry/devices helpers).
+# What each concern may import of edlcm_ext (besides itself and the shared helpers of SHARED).
 # The loss and its kernels import nothing of the models, the trainer or the evaluator; the models
 # nothing but the registry; training uses the loss and the models; evaluation also reads the
 # trainer's checkpoints and datasets; the CLI sits on top.
@@ -21,7 +21,7 @@ ALLOWED = {
     "evaluation": {"ops", "fused", "loss", "models", "training"},
     "cli": {"ops", "fused", "loss", "models", "training", "evaluation"},
 }
-SHARED = {"registry", "devices", "_C", ""}  # "" is edlcm_ext/__init__ (it loads _C and the public names)
+SHARED = {"registry", "devices", "linf_ball", "_C", ""}  # "" is edlcm_ext/__init__ (it loads _C and the public names)
 
 
 def module_name(path: Path) -> str:

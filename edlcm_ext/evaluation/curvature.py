@@ -69,7 +69,7 @@ def curvature_diagnostics(
             seen += len(y)
             with torch.enable_grad():
                 u, _ = input_gradient_differences(members, x, y, h)
-                sq_norms, pair_cosines = ops.curvature_stats(u.detach(), 1e-8)
+                sq_norms, pair_cosines = ops.curvature_stats(u.detach())
                 norms.append(sq_norms.sqrt().mean(dim=0))
                 if len(members) > 1:
                     cosines.append(pair_cosines.mean(dim=0))

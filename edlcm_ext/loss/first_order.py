@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from .hvp_curvature_loss import COSINE_EPS, HvpCurvatureLoss
+from .hvp_curvature_loss import HvpCurvatureLoss
 from .regularizer import CurvatureTerms, sign_direction, terms_from_statistics
 
 
@@ -91,14 +91,7 @@ def first_order_terms(
     """CurvatureTerms whose ``total`` back-propagates the finite-difference gradient. ``settings`` gives
     alpha, beta, h, max_ratio and fd_step (the L2 length, in input units per sample, of the
     difference step); ``scale`` is regularizer.l_r_scale."""
-    alpha, beta, h, eps, max_ratio, step = (
-        settings.alpha,
-        settings.beta,
-        settings.h,
-        COSINE_EPS,
-        settings.max_ratio,
-        settings.fd_step,
-    )
+    alpha, beta, h, max_ratio, step = settings.alpha, settings.beta, settings.h, settings.max_ratio, settings.fd_step
     member_params = [[p for p in m.parameters() if p.requires_grad] for m in models]
     state = _State(list(models), y, step * x.shape[0] ** 0.5, member_params)
     differences, ece, grads_at = [], x.new_zeros(()), []
@@ -117,7 +110,7 @@ def first_order_terms(
         ece = ece + ce_sum / x.shape[0]
     u = torch.stack(differences).requires_grad_(True)
     with torch.enable_grad():
-        sq_norms, cosines = ops.curvature_stats(u, eps)
+        sq_norms, cosines = ops.curvature_stats(u)
         terms = terms_from_statistics(sq_norms, cosines, ece.detach(), alpha, beta, scale, max_ratio)
         (v,) = torch.autograd.grad(terms.total, u)
     shape = x.shape

@@ -37,8 +37,6 @@ DEFAULT_MAX_RATIO = 1.0
 # accuracy and worst case at eps 0.01 stay within the seed spread (at least 1.5 points) of the exact
 # step's, for 1.37x the plain step on a CPU instead of 5.6x. every=1 is the paper's exact step.
 DEFAULT_EVERY = 16
-# Lower clamp of each norm in L_g's cosines (eq 10), so a zero u gives a zero cosine, not NaN.
-COSINE_EPS = 1e-8
 # alpha * L_r this many times the ensemble CE (at the first call) means the curvature term swamps the
 # classification loss. Measured on CIFAR-10 (results/paper_defaults/): runs that trained had ratios
 # 0.0004-1.7; resnet20 at 5.3 stalled at chance and torchvision resnet18 at 109 reached NaN.
@@ -224,7 +222,7 @@ class HvpCurvatureLoss(nn.Module):
 
     def _combine(self, u: Tensor, ece: Tensor, scale: float) -> CurvatureTerms:
         """L_r and L_g (eqs 9-10) from u, combined with L_ece as in eq 11."""
-        sq_norms, cosines = ops.curvature_stats(u, COSINE_EPS)
+        sq_norms, cosines = ops.curvature_stats(u)
         return terms_from_statistics(sq_norms, cosines, ece, self.alpha, self.beta, scale, self.max_ratio)
 
     def _bound_pull(self, models: list[nn.Module], terms: CurvatureTerms) -> CurvatureTerms:

@@ -45,7 +45,7 @@ def l_r_scale(reduction: str, batch_size: int) -> float:
 class CurvatureTerms(NamedTuple):
     """The parts of the EDLCM loss (eq 11): loss = ece + total, total = alpha*l_r + beta*l_g.
 
-    ``applied`` is False on the calls where an amortized HvpCurvatureLoss (every=k, warm-up) skips
+    ``applied`` is False on the calls where a lazy HvpCurvatureLoss (every=k) skips
     the regularizer: total is then a zero and l_r, l_g are zeros that were not computed.
     ``alpha_applied`` is the weight L_r got in ``total``: alpha, or less where ``max_ratio`` capped it or
     ``max_pull`` bounded the pull (which scales beta alike).

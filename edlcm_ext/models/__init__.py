@@ -12,6 +12,15 @@ from .base import MODELS, register  # noqa: F401  (architectures register here)
 from .layers import Classifier, Normalize
 
 
+def check_width(name: str, width: int) -> None:
+    """Raise a ValueError naming ``width`` unless arch ``name`` can be built at that width."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be an integer >= 1, got {width!r}")
+    if width != 1 and "width" not in inspect.signature(MODELS.lookup(name)).parameters:
+        widened = sorted(n for n, b in MODELS.items() if "width" in inspect.signature(b).parameters)
+        raise ValueError(f"width: arch {name!r} has no width multiplier (only {', '.join(widened)}), got {width}")
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -25,11 +34,7 @@ def build_model(
     builder = MODELS.lookup(name)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"width must be an integer >= 1, got {width!r}")
-    if width != 1 and "width" not in inspect.signature(builder).parameters:
-        widened = sorted(n for n, b in MODELS.items() if "width" in inspect.signature(b).parameters)
-        raise ValueError(f"width: arch {name!r} has no width multiplier (only {', '.join(widened)}), got {width}")
+    check_width(name, width)
     network = builder(num_classes, in_channels, width) if width != 1 else builder(num_classes, in_channels)
     if mean is not None or std is not None:
         network.body = nn.Sequential(Normalize(mean, std), network.body)

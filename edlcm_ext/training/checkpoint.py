@@ -43,7 +43,7 @@ OLD_DEFAULTS = {
 }
 # HvpCurvatureLoss options removed in 0.4 (CHANGELOG.md), with the value at which each changed nothing.
 REMOVED_OPTIONS = {
-    "eps": 1e-8,
+    "eps": 1e-8,  # now ops.curvature_stats' fixed clamp
     "batch_fraction": 1.0,
     "alpha_warmup": 0,
     "gradient": "exact",

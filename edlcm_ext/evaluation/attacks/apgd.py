@@ -1,5 +1,6 @@
 import torch
 
+from ...linf_ball import random_start
 from .base import Attack, register
 
 
@@ -54,7 +55,7 @@ class APGD(Attack):
     def _run(self, x, y):
         view = (-1,) + (1,) * (x.dim() - 1)
         marks = set(checkpoints(self.iterations)[1:])
-        x_adv = self.project(x + torch.empty_like(x).uniform_(-self.eps, self.eps), x)
+        x_adv = random_start(x, self.eps)
         step = torch.full(y.shape, 2 * self.eps, device=x.device)
         loss, gradient, output = self.loss_and_gradient(x_adv, y)
         best_loss, x_best = loss.clone(), x_adv.clone()

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...linf_ball import project
 from ...registry import Registry
 
 
@@ -48,7 +49,7 @@ class Attack:
 
     def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Back into the eps-ball around x and the image box [0, 1]."""
-        return torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp(0, 1)
+        return project(x_adv, x, self.eps)
 
 
 def margin(output: Tensor, y: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 import torch
 
+from ...linf_ball import random_start
 from .base import Attack, register
 
 
@@ -24,8 +25,7 @@ class PGD(Attack):
         best, best_loss = x.clone(), torch.full(y.shape, -float("inf"), device=x.device)
         best_fooled = torch.zeros_like(y, dtype=torch.bool)
         for _ in range(self.restarts):
-            x_adv = x + torch.empty_like(x).uniform_(-self.eps, self.eps) if self.random_start else x.clone()
-            x_adv = self.project(x_adv, x)
+            x_adv = random_start(x, self.eps) if self.random_start else x.clone()
             for _ in range(self.steps):
                 _, gradient, _ = self.loss_and_gradient(x_adv, y)
                 x_adv = self.project(x_adv + self.step_size * gradient.sign(), x)

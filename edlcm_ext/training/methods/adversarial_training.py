@@ -8,10 +8,11 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ...linf_ball import project, random_start
 from ...loss.compiled import LazilyCompiled, check_switch
 from ...loss.regularizer import ensemble_cross_entropy
 from .base import Method, register
-from .crafting import batchnorm_statistics_kept, project, random_start
+from .crafting import batchnorm_statistics_kept
 
 
 @register("at")

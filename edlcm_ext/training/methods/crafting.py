@@ -1,6 +1,6 @@
-"""What the methods that train on crafted inputs (adversarial training, TRS's neighbour) share: an
-L-inf projection, a uniform random start, and BatchNorm statistics left as the training step
-alone would leave them."""
+"""What the methods that train on crafted inputs (adversarial training, TRS's neighbour) share
+besides the L-inf ball (edlcm_ext.linf_ball): BatchNorm statistics left as the training step alone
+would leave them."""
 
 from __future__ import annotations
 
@@ -8,17 +8,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-from torch import Tensor, nn
-
-
-def project(x_crafted: Tensor, x: Tensor, eps: float) -> Tensor:
-    """Back into the L-inf ball of radius eps around x and the image box [0, 1]."""
-    return torch.min(torch.max(x_crafted, x - eps), x + eps).clamp(0, 1)
-
-
-def random_start(x: Tensor, eps: float) -> Tensor:
-    """x plus uniform noise in [-eps, eps] per pixel, in the box [0, 1] (Madry et al. 2018's start)."""
-    return project(x + torch.empty_like(x).uniform_(-eps, eps), x, eps)
+from torch import nn
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ class EDLCM(Method):
         return {key: value for key, value in options.items() if key not in cls.fixed and key != "compiled"}
 
     def use_compiled(self, option: bool | dict = True) -> None:
-        # Only the regularizer's passes: its every/warm-up schedule is Python state, kept out of the graph.
+        # Only the regularizer's passes: its every schedule is Python state, kept out of the graph.
         self.regularizer.compiled = option
 
     def members_needed(self) -> int:
@@ -37,7 +37,7 @@ class EDLCM(Method):
     def loss(self, ensemble, x, y):
         terms = self.regularizer.terms(list(ensemble.members), x, y)
         logs = {"ce": terms.ece}
-        if terms.applied:  # skipped calls of every=k / warm-up have no L_r, L_g to average
+        if terms.applied:  # the calls every=k skips have no L_r, L_g to average
             logs.update(l_r=terms.l_r.detach(), l_g=terms.l_g.detach(), alpha_applied=terms.alpha_applied)
         return terms.ece + terms.total, logs
 

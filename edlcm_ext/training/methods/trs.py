@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from ...fused import fused_layers
+from ...linf_ball import project, random_start
 from ...loss.compiled import LazilyCompiled, check_switch
 from .base import Method, register
-from .crafting import batchnorm_statistics_kept, project, random_start
+from .crafting import batchnorm_statistics_kept
 from .gradient_alignment import member_input_gradients, pairwise_cosines
 
 # TRS's public code takes input gradients of PyTorch's batch-mean CE at batch size 128, so its
