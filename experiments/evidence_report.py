@@ -142,7 +142,11 @@ def generated_block(results_dir: str, page: str, names: list[str], runs: dict[st
     eps_values = args.eps.split(",")
     evaluated = finished_runs(names, runs)
     table_text, ranks = table_ii(evaluated, eps_values)
-    all_runs = summarize_runs.table([runs[name] for name in names], args.headline, "base")
+    costs = None
+    if "base" in evaluated:
+        configs = {name: run["config"] for name, run in evaluated.items()}
+        costs = cost_robustness.cost_table(configs, cost_robustness.step_seconds(args.bench, args.config), "base")
+    all_runs = summarize_runs.table([runs[name] for name in names], args.headline, "base", costs)
     for name, text in (("table.md", all_runs), ("table_ii.md", table_text)):
         with open(os.path.join(results_dir, name), "w") as out:
             out.write(text)
@@ -158,9 +162,7 @@ def generated_block(results_dir: str, page: str, names: list[str], runs: dict[st
         "### Every run",
         all_runs.rstrip(),
     ]
-    if "base" in evaluated:
-        configs = {name: run["config"] for name, run in evaluated.items()}
-        costs = cost_robustness.cost_table(configs, cost_robustness.step_seconds(args.bench, args.config), "base")
+    if costs is not None:
         cost_robustness.write_report(
             {name: run["result"] for name, run in evaluated.items()}, costs, eps_values, results_dir
         )

@@ -1,5 +1,6 @@
 """One table from the committed state of persistent runs (experiments/persistent_run.sh): per run, its
-options, its training cost (median minutes per epoch, as logged), clean accuracy (all 10,000 test
+options, its training cost (median minutes per epoch, as logged; and, given a bench report's costs, its step
+against Base's, timed side by side), clean accuracy (all 10,000 test
 images after the last epoch, and on the attacked images), the per-sample worst case over the attacks
 at each eps, the strong attacks at the headline eps, lambda_max, and whether the max_ratio cap ever
 lowered alpha. A run not yet trained or evaluated is listed as such, not dropped.
@@ -37,26 +38,33 @@ def trained(run: dict) -> bool:
     return bool(run["log"]) and len(run["log"]) == run["config"]["epochs"]
 
 
-def describe(config: dict | None, defaults: dict) -> str:
+def describe(config: dict | None) -> str:
+    """The run's method and seed, and the options it set away from the method's current defaults."""
+    from edlcm_ext.training.methods import METHODS
+
     if config is None:
         return "not started"
-    changed = {k: v for k, v in config["method_options"].items() if defaults.get(k, object()) != v}
+    defaults, options = METHODS[config["method"]].option_defaults(), config["method_options"]
+    if "every" in defaults:  # a config written before `every` existed trained on every step
+        options = {"every": 1} | options
+    changed = {k: v for k, v in options.items() if defaults.get(k, object()) != v}
     options = ", ".join(f"{k}={v}" for k, v in changed.items())
     return f"{config['method']} seed {config['seed']}" + (f", {options}" if options else "")
 
 
-def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
-    from edlcm_ext.training.methods import METHODS
-
-    defaults = METHODS["edlcm"].option_defaults()
+def table(runs: list[dict], eps_headline: str, baseline: str | None, costs: dict[str, float] | None = None) -> str:
+    """The table; ``costs`` (run name: step time over Base's, experiments/cost_robustness.py) adds a column."""
     eps_values = sorted({e for run in runs if run["result"] for e in run["result"]["worst"]}, key=float)
     header = (
-        ["run", "setting", "epochs", "min/epoch", "clean (10k)", "clean (attacked)"]
+        ["run", "setting", "epochs", "min/epoch"]
+        + (["step (× base)"] if costs is not None else [])
+        + ["clean (10k)", "clean (attacked)"]
         + [f"worst case {e}" for e in eps_values]
         + [
             f"APGD-CE {eps_headline}",
             f"APGD-DLR {eps_headline}",
             f"+Square {eps_headline}",
+            f"AutoAttack {eps_headline}",
             "mean λ_max",
             "min alpha applied",
         ]
@@ -85,7 +93,10 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
         # The median, not the mean: an epoch that shared the cores with more jobs is an outlier.
         seconds = [r["seconds"] for r in run["log"] if "seconds" in r]
         cost = f"{statistics.median(seconds) / 60:.1f}" if seconds else "-"
-        cells = [run["name"], describe(run["config"], defaults), epochs, cost, clean10k]
+        cells = [run["name"], describe(run["config"]), epochs, cost]
+        if costs is not None:
+            cells.append(f"{costs[run['name']]:.2f}" if run["name"] in costs else "-")
+        cells.append(clean10k)
         result = run["result"]
         if result is None:
             cells += ["not evaluated"] + [""] * (len(header) - len(cells) - 1)
@@ -101,7 +112,7 @@ def table(runs: list[dict], eps_headline: str, baseline: str | None) -> str:
             attacks = result["attacks"]
             cells += [
                 f"{100 * attacks[a][eps_headline]['all']:.1f}" if a in attacks else "-"
-                for a in ("apgd", "apgd-dlr", "square")
+                for a in ("apgd", "apgd-dlr", "square", "autoattack")
             ]
             cells.append(f"{result['curvature']['lambda_max']['mean']:.3g}" if "curvature" in result else "-")
         if result is not None:

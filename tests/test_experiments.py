@@ -26,6 +26,20 @@ paper_defaults = load_script("paper_defaults")
 
 
 @pytest.mark.parametrize(
+    "options, described",
+    [
+        ({"every": 16, "h": 0.1}, "edlcm seed 3"),  # the current defaults
+        ({"h": 0.03}, "edlcm seed 3, every=1, h=0.03"),  # written before `every` existed: every step
+        ({"every": 4}, "edlcm seed 3, every=4"),
+    ],
+)
+def test_a_run_is_described_by_what_it_set_away_from_the_defaults(options, described):
+    config = {"method": "edlcm", "seed": 3, "method_options": options}
+    assert evidence_report.summarize_runs.describe(config) == described
+    assert evidence_report.summarize_runs.describe({"method": "at", "seed": 0, "method_options": {}}) == "at seed 0"
+
+
+@pytest.mark.parametrize(
     "config, mode",
     [
         ({"method": "base"}, "plain"),
@@ -193,6 +207,10 @@ def test_evidence_report_sets_ours_beside_the_papers_table_ii_and_lists_unfinish
     pgd = {"base": (0.30, 0.10), "deg": (0.20, 0.50), "adp": (0.35, 0.12), "edlcm": (0.40, 0.20)}
     for name, (low, high) in pgd.items():
         write_run(runs / name, name, 2, 0.5, {"0.005": low, "0.01": high})
+    edlcm_results = runs / "edlcm" / "eval" / "results.json"  # only EDLCM has the AutoAttack row
+    report = json.loads(edlcm_results.read_text())
+    report["results"]["edlcm"]["attacks"]["autoattack"] = {"0.01": {"all": 0.18}}
+    edlcm_results.write_text(json.dumps(report))
     write_run(runs / "pdd", "pdd", 1, 0.5, None, seconds=90)
     runs_file = tmp_path / "planned.runs"
     runs_file.write_text("# comment\nbase base 0\nedlcm edlcm 0\ndeg deg 0\nadp adp 0\npdd pdd 0\ngal gal 0 lam=1\n")
@@ -218,8 +236,15 @@ def test_evidence_report_sets_ours_beside_the_papers_table_ii_and_lists_unfinish
         in table
     )
     assert table[0].startswith("| Attack | eps | base: ours (paper)")
-    # the training cost as logged: minutes per epoch (none logged: "-")
-    assert "| pdd | pdd seed 0 | 1/2 | 1.5 | 50.0 | not evaluated |" in (tmp_path / "results" / "table.md").read_text()
+    # the training cost as logged (minutes per epoch; none logged: "-") and, for an evaluated run, its step
+    # over Base's from the bench report; per attack at the headline eps, AutoAttack's where a run has it
+    every_run = (tmp_path / "results" / "table.md").read_text()
+    assert "| pdd | pdd seed 0 | 1/2 | 1.5 | - | 50.0 | not evaluated |" in every_run
+    assert (
+        "| edlcm | edlcm seed 0, every=1 | 2/2 | - | 5.00 | 50.0 (+0.0) | 50.0 | 40.0 (+10.0) | 20.0 (+10.0) | - | - | - | 18.0 |"
+        in every_run
+    )
+    assert "| base | base seed 0 | 2/2 | - | 1.00 | 50.0 | 50.0 | 30.0 | 10.0 | - | - | - | - |" in every_run
     shutil.rmtree(runs / "pdd")  # pdd finishes: now every row has a rank
     write_run(runs / "pdd", "pdd", 2, 0.5, {"0.005": 0.25, "0.01": 0.15})
     bench["results"][0]["step_seconds"]["pdd_cl"] = 0.15
@@ -238,7 +263,7 @@ def test_evidence_report_sets_ours_beside_the_papers_table_ii_and_lists_unfinish
     assert "Finished and evaluated: 5 of 6 planned runs" in text and "Not finished, so not compared: gal." in text
     assert "in 1 of the 2 attacked rows the paper also reports (the paper: 2 of 2)" in text
     assert "worst case at eps 0.01 20.0% against 10.0% (+10.0)" in text
-    assert "| gal | not started | - | - | - | not evaluated |" in (tmp_path / "results" / "table.md").read_text()
+    assert "| gal | not started | - | - | - | - | not evaluated |" in (tmp_path / "results" / "table.md").read_text()
     assert "| edlcm | 5.00 | 50.0 | 40.0 | 20.0 |" in (tmp_path / "results" / "cost_robustness.md").read_text()
     page.write_text("# no markers\n")
     with pytest.raises(ValueError, match="--page .* needs one"):
