@@ -4,6 +4,7 @@ closed form for softmax regression, and a second implementation written here fro
 import copy
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -172,7 +173,10 @@ def test_max_ratio_under_every_k_caps_the_calls_own_term_then_weights_it_by_k(en
     loss, ce, l_r, l_g, used = softmax_regression_terms(twins, x, y, 0.1, max_ratio, alpha, beta)
     assert (used < alpha) == engaged
     lazy = HvpCurvatureLoss(alpha=alpha, beta=beta, max_ratio=max_ratio, every=k)
-    terms = lazy.terms(models, x, y)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        terms = lazy.terms(models, x, y)
+    assert any("safeguard engaged" in str(w.message) for w in caught) == engaged
     assert terms.applied
     torch.testing.assert_close(terms.alpha_applied, torch.tensor(used, dtype=torch.float64), rtol=1e-12, atol=0)
     expected_total = k * ((max_ratio * ce if engaged else alpha * l_r) + beta * l_g)

@@ -137,6 +137,24 @@ def test_schedule_state_survives_state_dict():
     assert a.applied == b.applied and torch.equal(a.total, b.total)
 
 
+def test_a_cap_engaged_under_every_k_warns_once_and_names_every_1():
+    """The lazy default applies a capped term k times in one step, which diverged torchvision's
+    resnet18: a cap engaged at the first regularized call warns (once); every=1 and an unengaged cap
+    do not."""
+    models = ensemble()
+    x, y = batch()
+    tight = {"max_ratio": 1e-6}  # engages on any batch
+    with pytest.warns(RuntimeWarning, match=r"every=4 with a safeguard engaged .* Use every=1"):
+        lazy = HvpCurvatureLoss(every=4, **tight)
+        lazy.terms(models, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(8):
+            lazy.terms(models, x, y)  # once only
+        HvpCurvatureLoss(every=1, **tight).terms(models, x, y)
+        HvpCurvatureLoss(every=4).terms(models, x, y)  # the default cap does not engage on this model
+
+
 def test_dominance_warning_fires_once_for_an_absurd_alpha_and_not_for_the_default():
     models = ensemble()
     x, y = batch()
@@ -158,7 +176,8 @@ def test_max_pull_on_a_batchnorm_cnn_scales_the_regularizers_gradient_before_the
     models = ensemble()
     twins = copy.deepcopy(models)
     x, y = batch()
-    terms = HvpCurvatureLoss(max_pull=0.005, every=2).terms(models, x, y)
+    with pytest.warns(RuntimeWarning, match="every=2 with a safeguard engaged"):
+        terms = HvpCurvatureLoss(max_pull=0.005, every=2).terms(models, x, y)
     plain = HvpCurvatureLoss(every=2).terms(twins, x, y)
     params = [p for m in twins for p in m.parameters()]
     ce_grads = torch.autograd.grad(plain.ece, params, retain_graph=True)

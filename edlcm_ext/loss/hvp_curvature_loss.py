@@ -242,13 +242,25 @@ class HvpCurvatureLoss(nn.Module):
         return terms._replace(total=total, alpha_applied=terms.alpha_applied * factor)
 
     def _check_dominance(self, terms: CurvatureTerms, terms_batch: int) -> None:
-        """Warn once when alpha * L_r swamps the CE (a host sync, only every DOMINANCE_CHECK_INTERVAL)."""
+        """Warn once when alpha * L_r swamps the CE, or when a safeguard engages under every > 1 (a host
+        sync, only every DOMINANCE_CHECK_INTERVAL)."""
         due = self._regularized_calls % DOMINANCE_CHECK_INTERVAL == 0
         self._regularized_calls += 1
         if self._warned or not due or self.alpha == 0:
             return
-        curvature, ce = float(terms.alpha_applied * terms.l_r.detach()), float(terms.ece.detach())
-        if curvature > DOMINANCE_RATIO * ce:
+        applied = float(terms.alpha_applied)
+        curvature, ce = applied * float(terms.l_r.detach()), float(terms.ece.detach())
+        if self.every > 1 and applied < self.alpha:
+            self._warned = True
+            warnings.warn(
+                f"HvpCurvatureLoss: every={self.every} with a safeguard engaged (max_ratio or max_pull lowered alpha "
+                f"to {applied:.3g} on this batch), and every={self.every} applies the bounded term {self.every} times "
+                f"in one step: on torchvision's resnet18 at its own init this diverged (CE 10^6 within 200 steps, "
+                f"docs/defaults.md). Use every=1 for this model.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        elif curvature > DOMINANCE_RATIO * ce:
             self._warned = True
             fix = f"set max_ratio (default {DEFAULT_MAX_RATIO:g}) or max_pull, lower alpha"
             if self.reduction == "mean":  # under "mean" L_r scales as 1/B: a small batch makes it larger
