@@ -40,13 +40,14 @@ def trained(run: dict) -> bool:
 
 def describe(config: dict | None) -> str:
     """The run's method and seed, and the options it set away from the method's current defaults."""
+    from edlcm_ext.training.checkpoint import CURVATURE_METHODS, OLD_DEFAULTS
     from edlcm_ext.training.methods import METHODS
 
     if config is None:
         return "not started"
     defaults, options = METHODS[config["method"]].option_defaults(), config["method_options"]
-    if "every" in defaults:  # a config written before `every` existed trained on every step
-        options = {"every": 1} | options
+    if config["method"] in CURVATURE_METHODS:  # a config.json written before format 5 lacks `every`
+        options = OLD_DEFAULTS[4] | options
     changed = {k: v for k, v in options.items() if defaults.get(k, object()) != v}
     options = ", ".join(f"{k}={v}" for k, v in changed.items())
     return f"{config['method']} seed {config['seed']}" + (f", {options}" if options else "")
