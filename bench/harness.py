@@ -42,10 +42,12 @@ BASE_MODES = {
     "every16": Mode("fused", every=16),
     # The bound takes the CE's weight gradient apart from the regularizer's whatever its value.
     "bounded": Mode("fused", max_pull=0.1),
+    # HvpCurvatureLoss's defaults: every=16 with the pull bound (max_pull=1) on its regularizing calls.
+    "every16_bounded": Mode("fused", every=16, max_pull=1.0),
     "first_order": Mode("first_order"),
 }
 # Layout and precision variants a speed-minded user runs: the best plain one is the baseline.
-LAYOUT_MODES = ("plain", "reference", "fused", "every4", "every8", "every16", "bounded")
+LAYOUT_MODES = ("plain", "reference", "fused", "every4", "every8", "every16", "every16_bounded", "bounded")
 AMP_MODES = ("plain", "fused", "every4", "every8", "every16")
 # base and edlcm are plain and fused above.
 OTHER_METHODS = tuple(name for name in sorted(METHODS) if name not in ("base", "edlcm"))

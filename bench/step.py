@@ -9,9 +9,10 @@ the modes are interleaved round-robin and the median is reported, so the ratios 
 like on one machine in one run. A step is zero_grad + loss + backward + optimizer step:
 - plain:     sum_m CE_m (the Base ensemble, eq 2)
 - reference: EDLCM (eq 11) in plain PyTorch, edlcm_ext.loss.reference
-- fused:     EDLCM through edlcm_ext.HvpCurvatureLoss (fused BatchNorm and Conv2d double backward, fused statistics)
-- every4, every8, every16: HvpCurvatureLoss(every=k); one sample times k consecutive steps, divided by k
-- bounded:   HvpCurvatureLoss(max_pull=0.1), the pull bound's separate CE backward
+- fused:     EDLCM's exact step, HvpCurvatureLoss(every=1, max_pull=None) (fused BatchNorm and Conv2d double backward, fused statistics)
+- every4, every8, every16: HvpCurvatureLoss(every=k, max_pull=None); one sample times k consecutive steps, divided by k
+- bounded:   HvpCurvatureLoss(every=1, max_pull=0.1), the pull bound's separate CE backward
+- every16_bounded: HvpCurvatureLoss's defaults (every=16, max_pull=1): the bound on one step in 16
 - first_order: the experimental FirstOrderCurvatureLoss (edlcm_ext.loss.first_order), approximate with
   no double backward (its agreement with the exact gradient: bench/first_order.py)
 - with --compiled, the compiled path (edlcm_ext.loss.compiled) in channels_last: plain_compiled_cl,

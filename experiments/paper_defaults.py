@@ -44,14 +44,15 @@ def torchvision_model(name: str) -> torch.nn.Module:
     )
 
 
-# HvpCurvatureLoss settings by name ("base": no regularizer).
+# HvpCurvatureLoss settings by name ("base": no regularizer). Each but "default" names max_pull, so a
+# setting means what it meant when its records were written.
 SETTINGS = {
     "base": None,
     "default": {},
-    "exact": {"every": 1},  # the paper's step: the regularizer on every call
-    "paper_literal": {"reduction": "mean", "max_ratio": None},  # the 0.2 default
-    "uncapped": {"max_ratio": None},
-    "cap0.1": {"max_ratio": 0.1},  # a candidate: the regularizer held to a tenth of the CE
+    "exact": {"every": 1, "max_pull": None},  # the paper's step: the regularizer on every call
+    "paper_literal": {"reduction": "mean", "max_ratio": None, "max_pull": None},  # the 0.2 default
+    "uncapped": {"max_ratio": None, "max_pull": None},
+    "cap0.1": {"max_ratio": 0.1, "max_pull": None},  # a candidate: the regularizer held to a tenth of the CE
     # A candidate safeguard (HvpCurvatureLoss's max_pull): the regularizer's weight gradient scaled
     # down to at most max_pull times the CE's, its value cap off. "smallest alpha applied" includes it.
     "pull1": {"max_ratio": None, "max_pull": 1.0},
@@ -61,7 +62,7 @@ SETTINGS = {
     # Gentler default candidates for the full budget, where the default costs 8.6 points of clean accuracy
     # (docs/defaults.md): a tenth of small_cnn's natural pull, and a step h a tenth of the default's.
     "pull0.1": {"max_ratio": None, "max_pull": 0.1},
-    "h0.01": {"h": 0.01},
+    "h0.01": {"h": 0.01, "max_pull": None},
 }
 # Steps (before their update) at which run() probes the default's uncapped pull; and the last.
 PROBE_STEPS = (0, 5, 10, 20, 30, 40, 60, 80, 100, 150)
@@ -78,11 +79,11 @@ ARCHITECTURES = {
 
 def default_pull(models: list, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(alpha * L_r / CE, |grad alpha * L_r| / |grad CE| over the weights) of HvpCurvatureLoss's defaults
-    without the cap, at these weights (no step taken; members stay in train mode, whose outputs do not
+    without the cap or the pull bound, at these weights (no step taken; members stay in train mode, whose outputs do not
     depend on the BatchNorm statistics this updates)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its dominance warning is the measurement, not the run's
-        norms = term_gradient_norms(models, x, y, HvpCurvatureLoss(max_ratio=None))
+        norms = term_gradient_norms(models, x, y, HvpCurvatureLoss(max_ratio=None, max_pull=None))
     return norms["alpha_l_r"] / norms["ce"], norms["grad_alpha_l_r"] / norms["grad_ce"]
 
 

@@ -10,7 +10,7 @@ import torch
 from conftest import train_edlcm
 
 from edlcm_ext.cli import main as cli_main
-from edlcm_ext.loss.hvp_curvature_loss import DEFAULT_H, DEFAULT_MAX_RATIO
+from edlcm_ext.loss.hvp_curvature_loss import DEFAULT_H, DEFAULT_MAX_PULL, DEFAULT_MAX_RATIO
 from edlcm_ext.training.checkpoint import (
     CheckpointError,
     atomic_save,
@@ -116,7 +116,7 @@ def test_checkpoints_we_write_load_with_weights_only_and_record_the_convention(t
         "h": DEFAULT_H,
         "reduction": "per_sample",
         "max_ratio": DEFAULT_MAX_RATIO,
-        "max_pull": None,
+        "max_pull": DEFAULT_MAX_PULL,
         "every": 2,
     }
     assert raw["method_state"]["_extra_state"]["calls"] == 2  # 128 images / batch 64

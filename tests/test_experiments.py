@@ -46,6 +46,10 @@ def test_a_run_is_described_by_what_it_set_away_from_the_defaults(options, descr
         ({"method": "edlcm", "channels_last": True}, "fused_cl"),
         ({"method": "edlcm", "method_options": {"every": 4, "alpha": 10.0}}, "every4"),
         ({"method": "edlcm", "method_options": {"every": 16}, "channels_last": True}, "every16_cl"),
+        (
+            {"method": "edlcm", "method_options": {"every": 16, "max_pull": 1.0}, "channels_last": True},
+            "every16_bounded_cl",
+        ),
         ({"method": "gal", "method_options": {"beta": 0.5}}, "gal"),
         (
             {"method": "edlcm", "method_options": {"max_ratio": None, "max_pull": 0.1}, "channels_last": True},
@@ -64,7 +68,7 @@ def test_bench_mode_of_a_run(config, mode):
 def test_runs_without_a_bench_mode_are_refused():
     with pytest.raises(ValueError, match="every=1 only"):
         cost_robustness.bench_mode({"method": "pdd", "method_options": {"every": 4}})
-    with pytest.raises(ValueError, match="combines every and max_pull"):
+    with pytest.raises(ValueError, match="combines every and max_pull at every=16 only"):
         cost_robustness.bench_mode({"method": "edlcm", "method_options": {"every": 4, "max_pull": 0.1}})
 
 
@@ -111,7 +115,8 @@ def test_paper_defaults_reports_a_dominance_warning_and_the_cap():
     torch.manual_seed(0)
     batches = [(torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(2)]
     with mock.patch.dict(
-        paper_defaults.SETTINGS, {"absurd": {"max_ratio": None, "alpha": 1e6}, "capped": {"alpha": 1e6}}
+        paper_defaults.SETTINGS,
+        {"absurd": {"max_ratio": None, "max_pull": None, "alpha": 1e6}, "capped": {"alpha": 1e6}},
     ):
         assert paper_defaults.run("small_cnn", "absurd", batches)["dominance_warning"]
         capped = paper_defaults.run("small_cnn", "capped", batches)

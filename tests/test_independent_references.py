@@ -4,7 +4,6 @@ closed form for softmax regression, and a second implementation written here fro
 import copy
 import itertools
 import math
-import warnings
 
 import pytest
 import torch
@@ -159,12 +158,11 @@ def test_max_ratio_caps_alpha_times_l_r_at_that_multiple_of_the_ce():
 
 
 @pytest.mark.parametrize("engaged", [True, False], ids=["cap_engaged", "cap_only_above_k_weight"])
-def test_max_ratio_under_every_k_caps_the_calls_own_term_then_weights_it_by_k(engaged):
+def test_max_ratio_under_every_k_caps_the_calls_own_term_and_applies_a_capped_one_once(engaged):
     """every=k: the cap compares the call's own alpha * L_r with max_ratio * CE, exactly as the every=1
-    step on that batch would, and the weight k multiplies the result. Engaged: the regularizing call is
-    k (max_ratio CE + beta L_g) with the exact step's alpha_applied (the cap lets no k-times weight
-    through that it would have capped). Not engaged, with the cap between alpha L_r and k alpha L_r:
-    the call is k (alpha L_r + beta L_g) in full (the cap does not cancel the k weighting)."""
+    step on that batch would. Engaged: the regularizing call is max_ratio CE + beta L_g once, with the
+    exact step's alpha_applied (the cap is the most one step may take). Not engaged, with the cap
+    between alpha L_r and k alpha L_r: the call is k (alpha L_r + beta L_g) in full."""
     alpha, beta, k = 1.0, 0.3, 4
     models, twins, x, y = steep_softmax_regressions(seed=2, steepness=8)
     _, ce, l_r, l_g, _ = softmax_regression_terms(copy.deepcopy(twins), x, y, 0.1, math.inf, alpha, beta)
@@ -172,16 +170,15 @@ def test_max_ratio_under_every_k_caps_the_calls_own_term_then_weights_it_by_k(en
     max_ratio = ratio / 2 if engaged else 2 * ratio  # not engaged: alpha L_r < cap CE < k alpha L_r
     loss, ce, l_r, l_g, used = softmax_regression_terms(twins, x, y, 0.1, max_ratio, alpha, beta)
     assert (used < alpha) == engaged
-    lazy = HvpCurvatureLoss(alpha=alpha, beta=beta, max_ratio=max_ratio, every=k)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        terms = lazy.terms(models, x, y)
-    assert any("safeguard engaged" in str(w.message) for w in caught) == engaged
+    terms = HvpCurvatureLoss(alpha=alpha, beta=beta, max_ratio=max_ratio, max_pull=None, every=k).terms(models, x, y)
     assert terms.applied
     torch.testing.assert_close(terms.alpha_applied, torch.tensor(used, dtype=torch.float64), rtol=1e-12, atol=0)
-    expected_total = k * ((max_ratio * ce if engaged else alpha * l_r) + beta * l_g)
+    weight = 1 if engaged else k
+    expected_total = weight * ((max_ratio * ce if engaged else alpha * l_r) + beta * l_g)
     torch.testing.assert_close(terms.total, expected_total, rtol=1e-12, atol=0)
-    assert_grads_close(parameter_grads(models, terms.ece + terms.total), parameter_grads(twins, ce + k * (loss - ce)))
+    assert_grads_close(
+        parameter_grads(models, terms.ece + terms.total), parameter_grads(twins, ce + weight * (loss - ce))
+    )
 
 
 @pytest.mark.parametrize("max_pull, engaged", [(0.05, True), (1e6, False)])

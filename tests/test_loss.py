@@ -56,9 +56,10 @@ def test_drop_in_usage_equals_terms():
 def test_terms_weighting_and_ablations():
     models = [m.eval() for m in ensemble()]
     x, y = batch()
-    only_r = HvpCurvatureLoss(every=1, alpha=1.0, beta=0.0).terms(models, x, y)
-    only_g = HvpCurvatureLoss(every=1, alpha=0.0, beta=1.0).terms(models, x, y)
-    both = HvpCurvatureLoss(every=1, alpha=2.0, beta=3.0).terms(models, x, y)
+    unbounded = {"every": 1, "max_pull": None}  # the weights as given, the pull bound off
+    only_r = HvpCurvatureLoss(alpha=1.0, beta=0.0, **unbounded).terms(models, x, y)
+    only_g = HvpCurvatureLoss(alpha=0.0, beta=1.0, **unbounded).terms(models, x, y)
+    both = HvpCurvatureLoss(alpha=2.0, beta=3.0, **unbounded).terms(models, x, y)
     torch.testing.assert_close(only_r.total, only_r.l_r)
     torch.testing.assert_close(only_g.total, only_g.l_g)
     torch.testing.assert_close(both.total, 2.0 * both.l_r + 3.0 * both.l_g)

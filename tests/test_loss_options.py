@@ -54,12 +54,12 @@ def test_conversion_rule_between_conventions_is_exact(train):
 
 
 def test_every_1_and_full_batch_are_bit_identical_to_the_plain_pipeline():
-    """The amortization options at their defaults change nothing: the same float32 bits as the
+    """The exact step without the pull bound changes nothing: the same float32 bits as the
     pipeline before they existed (fused input-gradient differences, the stats op, eq 11)."""
     models = [m.float() for m in ensemble()]
     twin = copy.deepcopy(models)
     x, y = batch(dtype=torch.float32)
-    ours = HvpCurvatureLoss(reduction="per_sample", every=1).terms(models, x, y)
+    ours = HvpCurvatureLoss(reduction="per_sample", every=1, max_pull=None).terms(models, x, y)
     with fused_layers():
         u, ece = input_gradient_differences(twin, x, y, DEFAULT_H)
     plain = terms_from_statistics(*ops.curvature_stats(u, 1e-8), ece, 1.0, 0.01)
@@ -137,22 +137,24 @@ def test_schedule_state_survives_state_dict():
     assert a.applied == b.applied and torch.equal(a.total, b.total)
 
 
-def test_a_cap_engaged_under_every_k_warns_once_and_names_every_1():
-    """The lazy default applies a capped term k times in one step, which diverged torchvision's
-    resnet18: a cap engaged at the first regularized call warns (once); every=1 and an unengaged cap
-    do not."""
+def test_a_term_bounded_under_every_k_is_applied_once_and_an_unbounded_one_k_times():
+    """The lazy default's k weighting applied to a capped term diverged torchvision's resnet18: a term
+    the cap (or the pull bound) lowered on its batch joins the step once; an unbounded one k times."""
     models = ensemble()
     x, y = batch()
-    tight = {"max_ratio": 1e-6}  # engages on any batch
-    with pytest.warns(RuntimeWarning, match=r"every=4 with a safeguard engaged .* Use every=1"):
-        lazy = HvpCurvatureLoss(every=4, **tight)
-        lazy.terms(models, x, y)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for _ in range(8):
-            lazy.terms(models, x, y)  # once only
-        HvpCurvatureLoss(every=1, **tight).terms(models, x, y)
-        HvpCurvatureLoss(every=4).terms(models, x, y)  # the default cap does not engage on this model
+    tight = {"max_ratio": 1e-6, "max_pull": None}  # the cap engages on any batch
+    lazy, exact = (
+        HvpCurvatureLoss(every=4, **tight).terms(models, x, y),
+        HvpCurvatureLoss(every=1, **tight).terms(models, x, y),
+    )
+    assert float(exact.alpha_applied) < 0.5  # engaged
+    torch.testing.assert_close(lazy.total, exact.total, rtol=1e-12, atol=0)
+    loose = {"max_ratio": None, "max_pull": None}
+    lazy, exact = (
+        HvpCurvatureLoss(every=4, **loose).terms(models, x, y),
+        HvpCurvatureLoss(every=1, **loose).terms(models, x, y),
+    )
+    torch.testing.assert_close(lazy.total, 4 * exact.total, rtol=1e-12, atol=0)
 
 
 def test_dominance_warning_fires_once_for_an_absurd_alpha_and_not_for_the_default():
@@ -161,7 +163,7 @@ def test_dominance_warning_fires_once_for_an_absurd_alpha_and_not_for_the_defaul
     with pytest.warns(
         RuntimeWarning, match=r"alpha \* L_r .* alpha=1e\+06 and reduction='per_sample'.*max_ratio.*max_pull"
     ):
-        absurd = HvpCurvatureLoss(alpha=1e6, max_ratio=None)
+        absurd = HvpCurvatureLoss(alpha=1e6, max_ratio=None, max_pull=None)
         absurd.terms(models, x, y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -169,24 +171,25 @@ def test_dominance_warning_fires_once_for_an_absurd_alpha_and_not_for_the_defaul
         HvpCurvatureLoss(every=1).terms(models, x, y)
 
 
-def test_max_pull_on_a_batchnorm_cnn_scales_the_regularizers_gradient_before_the_schedule_weight():
-    """every=2 weighs the regularizing call by 2: the bound applies to the call's own pull (so the
-    amortized gradient stays 2x it), and the step is grad CE + 2 s grad(regularizer) with s taken from
-    an unbounded twin's two gradients."""
+def test_max_pull_on_a_batchnorm_cnn_bounds_the_calls_own_pull_and_applies_it_once():
+    """every=2 weighs an unbounded regularizing call by 2; a call whose pull the bound lowered joins the
+    step once, so the step is grad CE + s grad(regularizer) with s taken from an unbounded twin's two
+    gradients: the bound is the most the regularizer may pull in one step."""
     models = ensemble()
     twins = copy.deepcopy(models)
     x, y = batch()
-    with pytest.warns(RuntimeWarning, match="every=2 with a safeguard engaged"):
-        terms = HvpCurvatureLoss(max_pull=0.005, every=2).terms(models, x, y)
-    plain = HvpCurvatureLoss(every=2).terms(twins, x, y)
+    terms = HvpCurvatureLoss(max_pull=0.005, every=2).terms(models, x, y)
+    plain = HvpCurvatureLoss(max_pull=None, every=2).terms(twins, x, y)
     params = [p for m in twins for p in m.parameters()]
     ce_grads = torch.autograd.grad(plain.ece, params, retain_graph=True)
     regularizer_grads = torch.autograd.grad(plain.total / 2, params)
     norm = lambda grads: torch.sqrt(sum((g**2).sum() for g in grads))  # noqa: E731
     s = min(1.0, float(0.005 * norm(ce_grads) / norm(regularizer_grads)))
     assert s < 0.5  # engaged
-    torch.testing.assert_close(terms.total, s * plain.total.detach(), rtol=1e-10, atol=0)  # plain.total is 2x its pull
-    expected = [c + 2 * s * r for c, r in zip(ce_grads, regularizer_grads)]
+    torch.testing.assert_close(
+        terms.total, s * plain.total.detach() / 2, rtol=1e-10, atol=0
+    )  # plain.total is 2x its pull
+    expected = [c + s * r for c, r in zip(ce_grads, regularizer_grads)]
     for ours, theirs in zip(parameter_grads(models, terms.ece + terms.total), expected, strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-8, atol=1e-11)
 
