@@ -78,7 +78,7 @@ def test_functional_input_gradient_differences_match_double_backprop_written_her
     twin = copy.deepcopy(models)
     x, y = batch()
     h = 0.3
-    u, ece = compiled.functional_input_gradient_differences(models, x, y, h)
+    u, ece, correct = compiled.functional_input_gradient_differences(models, x, y, h)
     rows, expected_ece = [], 0.0
     for model in twin:
         x0 = x.clone().requires_grad_(True)

@@ -57,6 +57,39 @@ def test_softmax_regression_closed_form():
         )
 
 
+@pytest.mark.parametrize("compiled", [False, {"backend": "aot_eager"}], ids=["eager", "compiled"])
+def test_correct_only_counts_each_members_correctly_classified_samples_over_all_b(compiled):
+    """Softmax regressions by formula: with correct_only, L_r = sum_m mean_b [argmax f_m(x_b) = y_b] |u_mb|^2
+    (the mean still over all B), L_g as without it; the parameter gradient is that formula's."""
+    torch.manual_seed(1)
+    dims, classes, size, h, alpha, beta = 6, 3, 12, 0.3, 0.7, 0.4
+    models = [torch.nn.Linear(dims, classes).double() for _ in range(3)]
+    twins = copy.deepcopy(models)
+    x, y = torch.randn(size, dims, dtype=torch.float64), torch.randint(0, classes, (size,))
+
+    def input_gradient(model, z):  # per-sample gradient of the summed CE, by formula
+        return (torch.softmax(model(z), dim=1) - F.one_hot(y, classes).double()) @ model.weight
+
+    u = []
+    for model in twins:
+        g = sign_direction(input_gradient(model, x).detach())
+        u.append(input_gradient(model, x + h * g) - input_gradient(model, x))
+    correct = [(m(x).argmax(dim=1) == y).double() for m in twins]
+    assert 0 < sum(float(c.sum()) for c in correct) < 3 * size  # some samples right, some wrong
+    l_r = sum(((um**2).sum(dim=1) * c).mean() for um, c in zip(u, correct))
+    l_g = sum(F.cosine_similarity(u[i], u[j], dim=1).mean() for i, j in itertools.combinations(range(3), 2))
+    ece = sum(F.cross_entropy(m(x), y) for m in twins)
+    regularizer = HvpCurvatureLoss(
+        every=1, alpha=alpha, beta=beta, h=h, max_ratio=None, max_pull=None, correct_only=True, compiled=compiled
+    )
+    terms = regularizer.terms(models, x, y)
+    torch.testing.assert_close(terms.l_r, l_r, rtol=1e-12, atol=0)
+    torch.testing.assert_close(terms.l_g, l_g, rtol=1e-12, atol=1e-15)
+    assert_grads_close(
+        parameter_grads(models, terms.ece + terms.total), parameter_grads(twins, ece + alpha * l_r + beta * l_g)
+    )
+
+
 def paper_edlcm(models, x, y, alpha, beta, h):
     """Eqs 2, 8-11 written from the paper in the "sum" convention: per-sample input gradients of CE,
     g from their sign, u = grad(x + h g) - grad(x), L_r = sum_m mean_b |u|^2, L_g = sum_{i<j} mean_b cos."""

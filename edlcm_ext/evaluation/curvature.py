@@ -68,7 +68,7 @@ def curvature_diagnostics(
             x, y = x[: max_samples - seen].to(device), y[: max_samples - seen].to(device)
             seen += len(y)
             with torch.enable_grad():
-                u, _ = input_gradient_differences(members, x, y, h)
+                u, _, _ = input_gradient_differences(members, x, y, h)
                 sq_norms, pair_cosines = ops.curvature_stats(u.detach())
                 norms.append(sq_norms.sqrt().mean(dim=0))
                 if len(members) > 1:

@@ -59,10 +59,12 @@ class LazilyCompiled:
 
 
 def _summed_cross_entropy(model: nn.Module, y: Tensor):
-    """(l, params, buffers): l(inputs, params, buffers) is ``model``'s CE summed over the batch."""
+    """(l, params, buffers): l(inputs, params, buffers) is (``model``'s CE summed over the batch, whether
+    it classifies each sample correctly), the second an auxiliary output for torch.func."""
 
     def summed_cross_entropy(inputs, params, buffers):
-        return F.cross_entropy(functional_call(model, (params, buffers), (inputs,)), y, reduction="sum")
+        logits = functional_call(model, (params, buffers), (inputs,))
+        return F.cross_entropy(logits, y, reduction="sum"), logits.detach().argmax(dim=1) == y
 
     return summed_cross_entropy, dict(model.named_parameters()), dict(model.named_buffers())
 
@@ -71,19 +73,22 @@ def functional_input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> tuple[T
     """(grad_x l(x), l(x)), l = CE summed over the batch, by torch.func.grad: differentiable to the
     parameters by ordinary autograd, and traceable by torch.compile (no create_graph)."""
     loss, params, buffers = _summed_cross_entropy(model, y)
-    return grad_and_value(loss)(x, params, buffers)
+    grad_x, (ce_sum, _) = grad_and_value(loss, has_aux=True)(x, params, buffers)
+    return grad_x, ce_sum
 
 
 def functional_input_gradient_differences(
     models: Sequence[nn.Module], x: Tensor, y: Tensor, h: float
-) -> tuple[Tensor, Tensor]:
-    """u (M, B, D) and L_ece, as :func:`edlcm_ext.loss.regularizer.input_gradient_differences` computes
-    them with create_graph=True (eqs 2, 8), here with torch.func."""
-    differences, ece = [], x.new_zeros(())
+) -> tuple[Tensor, Tensor, Tensor]:
+    """u (M, B, D), L_ece and the (M, B) correctness, as
+    :func:`edlcm_ext.loss.regularizer.input_gradient_differences` computes them with create_graph=True
+    (eqs 2, 8), here with torch.func."""
+    differences, correct, ece = [], [], x.new_zeros(())
     for model in models:
         loss, params, buffers = _summed_cross_entropy(model, y)
-        grad_at_x, ce_sum = grad_and_value(loss)(x, params, buffers)
-        grad_at_x1 = grad(loss)(x + h * sign_direction(grad_at_x), params, buffers)
+        grad_at_x, (ce_sum, member_correct) = grad_and_value(loss, has_aux=True)(x, params, buffers)
+        grad_at_x1, _ = grad(loss, has_aux=True)(x + h * sign_direction(grad_at_x), params, buffers)
         differences.append((grad_at_x1 - grad_at_x).flatten(1))
+        correct.append(member_correct)
         ece = ece + ce_sum / x.shape[0]
-    return torch.stack(differences), ece
+    return torch.stack(differences), ece, torch.stack(correct)

@@ -97,6 +97,10 @@ class HvpCurvatureLoss(nn.Module):
             replayed as CUDA graphs). True: torch.compile's defaults per device; a dict: torch.compile's
             keyword arguments. Compiles on the first call and again for a new batch shape or a
             train/eval switch. The labels' range is then checked by cross-entropy itself, not here.
+        correct_only: experimental (#41, docs/results.md): L_r counts only the samples each member
+            classifies correctly at x (its own argmax, from the same forward pass), still averaged over
+            all B; L_g and the CE are unchanged. On trained members the misclassified 40% of
+            member-samples carry 66% of L_r. Default False (the paper's L_r).
 
     Under ``torch.autocast`` the regularizer's passes run in float32: u is a small difference of two
     input gradients, which bf16 cannot resolve (docs/loss.md); the caller's other work (and the
@@ -121,6 +125,7 @@ class HvpCurvatureLoss(nn.Module):
         fused_layers: bool = True,
         check_inputs: bool = True,
         compiled: bool | dict = False,
+        correct_only: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("alpha", alpha), ("beta", beta)):
@@ -145,6 +150,7 @@ class HvpCurvatureLoss(nn.Module):
         )
         self.fused_layers, self.check_inputs = fused_layers, check_inputs
         self.compiled = compiled
+        self.correct_only = bool(correct_only)
         self.max_ratio = None if max_ratio is None else float(max_ratio)
         self.max_pull = None if max_pull is None else float(max_pull)
         self.calls = 0  # training calls so far: the clock of `every`
@@ -155,7 +161,7 @@ class HvpCurvatureLoss(nn.Module):
         return (
             f"alpha={self.alpha}, beta={self.beta}, h={self.h}, reduction={self.reduction!r}, "
             f"max_ratio={self.max_ratio}, max_pull={self.max_pull}, every={self.every}, "
-            f"fused_layers={self.fused_layers}, compiled={self.compiled!r}"
+            f"fused_layers={self.fused_layers}, compiled={self.compiled!r}, correct_only={self.correct_only}"
         )
 
     @property
@@ -228,17 +234,19 @@ class HvpCurvatureLoss(nn.Module):
         if self._compiled_passes is not None:
             return self._compiled_passes(models, x, y, scale)
         with fused_layers(self.fused_layers):
-            u, ece = input_gradient_differences(models, x, y, self.h, check_logits)
-        return self._combine(u, ece, scale)
+            u, ece, correct = input_gradient_differences(models, x, y, self.h, check_logits)
+        return self._combine(u, ece, correct, scale)
 
     def _functional_passes(self, models, x, y, scale: float) -> CurvatureTerms:
         """The exact path's terms with the input gradients taken by torch.func, for torch.compile."""
-        u, ece = functional_input_gradient_differences(models, x, y, self.h)
-        return self._combine(u, ece, scale)
+        u, ece, correct = functional_input_gradient_differences(models, x, y, self.h)
+        return self._combine(u, ece, correct, scale)
 
-    def _combine(self, u: Tensor, ece: Tensor, scale: float) -> CurvatureTerms:
+    def _combine(self, u: Tensor, ece: Tensor, correct: Tensor, scale: float) -> CurvatureTerms:
         """L_r and L_g (eqs 9-10) from u, combined with L_ece as in eq 11."""
         sq_norms, cosines = ops.curvature_stats(u)
+        if self.correct_only:  # |u_mb|^2 counts where member m classifies sample b correctly; still / B
+            sq_norms = sq_norms * correct.to(sq_norms.dtype)
         return terms_from_statistics(sq_norms, cosines, ece, self.alpha, self.beta, scale, self.max_ratio)
 
     def _bound_pull(self, models: list[nn.Module], terms: CurvatureTerms) -> tuple[CurvatureTerms, Tensor]:

@@ -59,14 +59,16 @@ class CurvatureTerms(NamedTuple):
     alpha_applied: Tensor | None = None
 
 
-def input_gradient(model: nn.Module, x: Tensor, y: Tensor, check_logits: LogitsCheck = None) -> tuple[Tensor, Tensor]:
-    """(grad_x l(x), l(x)) for l = CE summed over the batch; x must require grad; the graph is kept."""
+def input_gradient(
+    model: nn.Module, x: Tensor, y: Tensor, check_logits: LogitsCheck = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad_x l(x), l(x), logits) for l = CE summed over the batch; x must require grad; the graph is kept."""
     logits = model(x)
     if check_logits is not None:
         check_logits(logits)
     loss = F.cross_entropy(logits, y, reduction="sum")
     (grad_x,) = torch.autograd.grad(loss, x, create_graph=True)
-    return grad_x, loss
+    return grad_x, loss, logits
 
 
 def sign_direction(grad_x: Tensor) -> Tensor:
@@ -79,17 +81,19 @@ def sign_direction(grad_x: Tensor) -> Tensor:
 
 def input_gradient_differences(
     models: Sequence[nn.Module], x: Tensor, y: Tensor, h: float, check_logits: LogitsCheck = None
-) -> tuple[Tensor, Tensor]:
-    """u of shape (M, B, D) (eq 8 without 1/h) and L_ece (eq 2) from the same forward at x."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """u of shape (M, B, D) (eq 8 without 1/h), L_ece (eq 2) and whether each member classifies each
+    sample correctly ((M, B) bool), all from the same forward at x."""
     x0 = x.detach().requires_grad_(True)
-    differences, ece = [], x0.new_zeros(())
+    differences, correct, ece = [], [], x0.new_zeros(())
     for model in models:
-        grad_at_x, ce_sum = input_gradient(model, x0, y, check_logits)
+        grad_at_x, ce_sum, logits = input_gradient(model, x0, y, check_logits)
         x1 = (x0.detach() + h * sign_direction(grad_at_x)).requires_grad_(True)
-        grad_at_x1, _ = input_gradient(model, x1, y, check_logits)
+        grad_at_x1, _, _ = input_gradient(model, x1, y, check_logits)
         differences.append((grad_at_x1 - grad_at_x).flatten(1))
+        correct.append(logits.detach().argmax(dim=1) == y)
         ece = ece + ce_sum / x.shape[0]
-    return torch.stack(differences), ece
+    return torch.stack(differences), ece, torch.stack(correct)
 
 
 def capped_alpha(alpha: float, l_r: Tensor, ece: Tensor, max_ratio: float | None) -> Tensor:

@@ -52,6 +52,8 @@ class EDLCM(Method):
             "max_pull": r.max_pull,
             "every": r.every,
         }
+        if r.correct_only:  # experimental (#41); absent means False, the paper's L_r
+            options["correct_only"] = True
         return {key: value for key, value in options.items() if key not in self.fixed}
 
     def divergence_hint(self) -> str:
