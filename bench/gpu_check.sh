@@ -11,7 +11,7 @@
 #    ResNet-18 at B=128; compile time apart and amortized over a 50k-image epoch; the rows print
 #    as each configuration finishes, so step_compiled.log keeps them if the time box ends the run;
 # 4. times bench/step.py on 3x ResNet-18 with CIFAR-100 shapes and 3x small_cnn, B=64: plain,
-#    reference, fused, every4, every8, every16, first_order and the other methods; contiguous and
+#    reference, fused, every4, every8, every16, every16_bounded (the default), first_order and the other methods; contiguous and
 #    channels_last; fp32 and bf16 autocast; peak memory; recorded with machine, torch, commit, date;
 # 5. runs `edlcm demo` (trainer and attacks end to end on the GPU);
 # 6. runs the whole suite with what time is left (tests needing torchattacks, absent on the device
@@ -48,8 +48,9 @@ timeout "$(step_limit 120)" python3 -m pytest -q -p no:cacheprovider "${workers[
 tail -12 "$DEST/pytest_cuda.log"
 
 echo "== compiled bench ($(seconds_left) s left)"
-# every8/every16: the lazy-default candidates (docs/defaults.md), eager, and every16 compiled and graphed too.
-compiled_modes=plain_cl,reference_cl,fused_cl,every4_cl,every8_cl,every16_cl,plain_compiled_cl,compiled_cl
+# every16_bounded: the default (every=16, max_pull=1), eager; every8/every16 (without the bound) eager,
+# and every16 compiled and graphed too.
+compiled_modes=plain_cl,reference_cl,fused_cl,every4_cl,every8_cl,every16_cl,every16_bounded_cl,plain_compiled_cl,compiled_cl
 compiled_modes+=,every4_compiled_cl,every16_compiled_cl,plain_graphed_cl,graphed_cl,every4_graphed_cl,every16_graphed_cl
 timeout "$(step_limit 240)" python3 bench/step.py --configs resnet18,small_cnn,resnet18_b128 --modes "$compiled_modes" \
   --repeats 10 --no-memory --record > "$DEST/step_compiled.log" 2>&1 || status=1
