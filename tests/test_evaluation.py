@@ -17,7 +17,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from edlcm_ext import HvpCurvatureLoss
 from edlcm_ext.cli import main as cli_main
 from edlcm_ext.evaluation import eval_job, evaluate, sanity
-from edlcm_ext.evaluation.curvature import curvature_diagnostics, largest_hessian_eigenvalue, term_gradient_norms
+from edlcm_ext.evaluation.curvature import (
+    curvature_diagnostics,
+    l_r_by_correctness,
+    largest_hessian_eigenvalue,
+    term_gradient_norms,
+)
 from edlcm_ext.evaluation.evaluate import attack_flags, transfer_matrix, transferability_success_rate
 from edlcm_ext.training.config import TrainConfig
 from edlcm_ext.training.data import load_dataset
@@ -413,3 +418,33 @@ def test_term_gradient_norms_are_each_terms_weight_gradient():
     assert scaled["grad_beta_l_g"] == pytest.approx(4.0 * mean["grad_beta_l_g"], rel=1e-9)
     assert scaled["grad_ce"] == pytest.approx(mean["grad_ce"], rel=1e-12)
     assert mean["grad_alpha_l_r"] > 0 and mean["grad_beta_l_g"] > 0
+
+
+def test_l_r_by_correctness_splits_sum_u_squared_by_each_members_own_correctness():
+    """Against u written here (input gradients at x and at x + h g by autograd, per member) and each
+    member's argmax: the misclassified fraction, their share of sum |u|^2, and the mean ratio."""
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.Tanh(), nn.Linear(6, 3)).double() for _ in range(2)]
+    batches = [(torch.rand(16, 3, 2, 2, dtype=torch.float64), torch.randint(0, 3, (16,))) for _ in range(2)]
+    h, squares, wrong_flags = 0.2, [], []
+    for x, y in batches:
+        for model in models:
+
+            def input_gradient(z, model=model, y=y):
+                z = z.detach().requires_grad_(True)
+                return torch.autograd.grad(nn.functional.cross_entropy(model(z), y, reduction="sum"), z)[0]
+
+            g0 = input_gradient(x)
+            sign = g0.sign()
+            g1 = input_gradient(x + h * sign / sign.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+            squares.append(((g1 - g0) ** 2).flatten(1).sum(dim=1))
+            wrong_flags.append(model(x).argmax(dim=1) != y)
+    squares, wrong = torch.cat(squares), torch.cat(wrong_flags)
+    assert 0 < int(wrong.sum()) < len(wrong)
+    result = l_r_by_correctness(models, batches, h)
+    assert result["member_samples"] == len(wrong)
+    assert result["misclassified_fraction"] == pytest.approx(float(wrong.double().mean()), rel=1e-12)
+    share = float(squares[wrong].sum() / squares.sum())
+    assert result["misclassified_l_r_share"] == pytest.approx(share, rel=1e-9)
+    ratio = float(squares[wrong].mean() / squares[~wrong].mean())
+    assert result["sq_norm_ratio"] == pytest.approx(ratio, rel=1e-9)

@@ -115,3 +115,27 @@ def term_gradient_norms(models: Sequence[nn.Module], x: Tensor, y: Tensor, regul
         result[name] = float(value.detach())
         result[f"grad_{name}"] = float(weight_gradient_norm(grads))
     return result
+
+
+def l_r_by_correctness(members: Sequence[nn.Module], batches, h: float = 0.1) -> dict:
+    """Where L_r (eq 9) sits: over the member-samples of ``batches`` ((x, y) pairs, taken as given, in
+    the members' current train/eval mode), the fraction a member misclassifies at x, the share of
+    sum |u_mb|^2 they carry, and the ratio of their mean |u_mb|^2 to the correct ones' (the evidence
+    behind ``HvpCurvatureLoss(correct_only=True)``, docs/results.md)."""
+    wrong = total = 0
+    wrong_sq = right_sq = 0.0
+    for x, y in batches:
+        with torch.enable_grad():
+            u, _, correct = input_gradient_differences(members, x, y, h)
+        sq_norms, _ = ops.curvature_stats(u.detach())
+        wrong += int((~correct).sum())
+        total += correct.numel()
+        wrong_sq += float(sq_norms[~correct].sum())
+        right_sq += float(sq_norms[correct].sum())
+    right = total - wrong
+    return {
+        "member_samples": total,
+        "misclassified_fraction": wrong / total,
+        "misclassified_l_r_share": wrong_sq / (wrong_sq + right_sq),
+        "sq_norm_ratio": (wrong_sq / wrong) / (right_sq / right) if wrong and right and right_sq else float("nan"),
+    }
