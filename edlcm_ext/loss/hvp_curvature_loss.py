@@ -41,7 +41,9 @@ DEFAULT_EVERY = 16
 # gradient of alpha * L_r + beta * L_g exceeds the CE's. The value cap alone does not bound the pull
 # (3x the CE's on torchvision resnet18 at its own init), and under every=16 torchvision's ResNets
 # diverged without it (results/trains_everywhere/). It never engaged on small_cnn (pull 0.08-0.14 of
-# the CE's), so the evidence runs stand for it; it costs 1.44x the plain step against 1.34x at every=16.
+# the CE's), so the evidence runs stand for it. 1.39x the plain step against 1.31x at every=16 without
+# it (bench/results/step_2026-12-03_cpu_small_cnn_default.md). Where the training CE falls below L_r
+# it binds, and a bound call joins its step once: the digits demo keeps 74% at eps 0.1, not 79%.
 DEFAULT_MAX_PULL = 1.0
 # alpha * L_r this many times the ensemble CE (at the first call) means the curvature term swamps the
 # classification loss. Measured on CIFAR-10 (results/paper_defaults/): runs that trained had ratios
