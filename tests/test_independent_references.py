@@ -24,6 +24,21 @@ def sign_direction(gradient):
     return sign / sign.flatten(1).norm(dim=1).clamp_min(1.0).view(-1, *([1] * (gradient.dim() - 1)))
 
 
+def softmax_regression_u(models, x, y, h):
+    """u_m (eq 8 without 1/h) per member of f_m(x) = W_m x + b_m, by formula: the per-sample gradient
+    of the summed CE is grad_x CE_b = W^T (softmax(W x_b + b) - e_y), so no double backprop at all."""
+    classes = models[0].out_features
+
+    def input_gradient(model, z):
+        return (torch.softmax(model(z), dim=1) - F.one_hot(y, classes).double()) @ model.weight
+
+    u = []
+    for model in models:
+        g = sign_direction(input_gradient(model, x).detach())
+        u.append(input_gradient(model, x + h * g) - input_gradient(model, x))
+    return u
+
+
 def test_softmax_regression_closed_form():
     """f_m(x) = W_m x + b_m: grad_x CE_b = W^T (softmax(W x_b + b) - e_y), so u and its parameter
     gradient follow from that formula with no double backprop at all (float64)."""
@@ -33,14 +48,8 @@ def test_softmax_regression_closed_form():
     twins = copy.deepcopy(models)
     x, y = torch.randn(size, dims, dtype=torch.float64), torch.randint(0, classes, (size,))
 
-    def input_gradient(model, z):  # per-sample gradient of the summed CE, by formula
-        return (torch.softmax(model(z), dim=1) - F.one_hot(y, classes).double()) @ model.weight
-
     def closed_form():
-        u = []
-        for model in twins:
-            g = sign_direction(input_gradient(model, x).detach())
-            u.append(input_gradient(model, x + h * g) - input_gradient(model, x))
+        u = softmax_regression_u(twins, x, y, h)
         l_r_sum = sum((um**2).sum(dim=1).mean() for um in u)
         l_g = sum(F.cosine_similarity(u[i], u[j], dim=1).mean() for i, j in itertools.combinations(range(3), 2))
         return l_r_sum, l_g, sum(F.cross_entropy(m(x), y) for m in twins)
@@ -67,13 +76,7 @@ def test_correct_only_counts_each_members_correctly_classified_samples_over_all_
     twins = copy.deepcopy(models)
     x, y = torch.randn(size, dims, dtype=torch.float64), torch.randint(0, classes, (size,))
 
-    def input_gradient(model, z):  # per-sample gradient of the summed CE, by formula
-        return (torch.softmax(model(z), dim=1) - F.one_hot(y, classes).double()) @ model.weight
-
-    u = []
-    for model in twins:
-        g = sign_direction(input_gradient(model, x).detach())
-        u.append(input_gradient(model, x + h * g) - input_gradient(model, x))
+    u = softmax_regression_u(twins, x, y, h)
     correct = [(m(x).argmax(dim=1) == y).double() for m in twins]
     assert 0 < sum(float(c.sum()) for c in correct) < 3 * size  # some samples right, some wrong
     l_r = sum(((um**2).sum(dim=1) * c).mean() for um, c in zip(u, correct))
@@ -122,15 +125,7 @@ def test_second_implementation_on_a_batchnorm_cnn(train):
 def softmax_regression_terms(models, x, y, h, max_ratio, alpha, beta):
     """Eqs 2, 8-11 for f_m(x) = W_m x + b_m by formula (grad_x CE_b = W^T (softmax - e_y)), in the
     per-sample convention, with alpha capped at max_ratio * CE / L_r: (loss, ce, l_r, l_g, alpha used)."""
-    classes = models[0].out_features
-
-    def input_gradient(model, z):
-        return (torch.softmax(model(z), dim=1) - F.one_hot(y, classes).double()) @ model.weight
-
-    u = []
-    for model in models:
-        g = sign_direction(input_gradient(model, x).detach())
-        u.append(input_gradient(model, x + h * g) - input_gradient(model, x))
+    u = softmax_regression_u(models, x, y, h)
     ce = sum(F.cross_entropy(m(x), y) for m in models)
     l_r = sum((um**2).sum(dim=1).mean() for um in u)
     l_g = sum(F.cosine_similarity(u[i], u[j], dim=1).mean() for i, j in itertools.combinations(range(len(u)), 2))
