@@ -210,16 +210,16 @@ class HvpCurvatureLoss(nn.Module):
             zero = x.new_zeros(())
             ece = self._members_cross_entropy(models, x, y, check_logits) if need_ece else zero
             return CurvatureTerms(total=zero.requires_grad_(), ece=ece, l_r=zero, l_g=zero, applied=False)
-        terms = self._regularizer(models, x, y, check_logits, scale)
-        bounded = terms.alpha_applied < self.alpha  # the max_ratio cap engaged
-        if self.max_pull is not None:
-            terms, pull_factor = self._bound_pull(models, terms)
-            bounded = bounded | (pull_factor < 1)
+        capped = self._regularizer(models, x, y, check_logits, scale)
+        terms, pull_factor = self._bound_pull(models, capped) if self.max_pull is not None else (capped, None)
         self._check_dominance(terms, x.shape[0])
         if weight == 1:
             return terms
         # A bounded term is applied once: its bound is what one step may take, and k times it diverged
         # torchvision resnet18 at every=16 (results/trains_everywhere/). A detached choice, no host sync.
+        bounded = capped.alpha_applied < self.alpha  # the max_ratio cap engaged
+        if pull_factor is not None:
+            bounded = bounded | (pull_factor < 1)
         step_weight = torch.where(bounded, 1.0, weight).to(terms.total.dtype)
         return terms._replace(total=terms.total * step_weight)
 
