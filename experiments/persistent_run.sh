@@ -31,14 +31,16 @@ mkdir -p "$run_dir/eval"
 sets=()
 for option in "$@"; do sets+=(--set "$option"); done
 
-commit() {  # commit only this run's folder; another git command may hold the index for a moment
+commit() {  # MESSAGE [PATH]: commit only PATH (default this run's folder); another git command may hold the index for a moment
   [ "$COMMIT" = 1 ] || return 0
+  local path=${2:-$run_dir}
+  [ -e "$path" ] || return 0  # nothing written there yet
   for _ in 1 2 3 4 5 6; do
-    if git -C "$repo" add -- "$run_dir" && git -C "$repo" commit -q -m "$1" -- "$run_dir"; then return 0; fi
-    git -C "$repo" diff --cached --quiet -- "$run_dir" && return 0  # nothing new to record
+    if git -C "$repo" add -- "$path" && git -C "$repo" commit -q -m "$1" -- "$path"; then return 0; fi
+    git -C "$repo" diff --cached --quiet -- "$path" && return 0  # nothing new to record
     sleep 5
   done
-  echo "could not commit $run_dir" >&2
+  echo "could not commit $path" >&2
   return 1
 }
 
@@ -59,8 +61,24 @@ if [ "$done_epochs" -ge "$EPOCHS" ] && [ -f "$run_dir/eval/results.json" ] && [ 
   exit 0
 fi
 echo "== evaluate $name ($(date -u +%H:%M))"
+# The evaluation caches each (attack, eps) in eval/flags as it finishes (written atomically), and may
+# run for hours (AutoAttack on a CPU): commit what is there every FLAG_COMMIT_SECONDS too, so a machine
+# that goes away mid-evaluation loses at most the attack it was running.
+# (The sleep runs apart and is killed with its loop, so no stray sleep holds the caller's output open.)
+(
+  trap 'kill "$nap" 2> /dev/null; exit 0' TERM
+  while :; do
+    sleep "${FLAG_COMMIT_SECONDS:-600}" &
+    nap=$!
+    wait "$nap"
+    commit "Record: $name evaluation in progress (per-sample flags so far; attacks $ATTACKS, $(date -u +%F))" "$run_dir/eval/flags" || true
+  done
+) &
+flag_committer=$!
+trap 'kill "$flag_committer" 2> /dev/null || true' EXIT
 $EDLCM eval --checkpoint "$run_dir/checkpoint.pt" --name "$name" --data-dir "$DATA" --attacks "$ATTACKS" --eps "$EPS" \
   --max-samples "$SAMPLES" --curvature "$CURVATURE" --out-dir "$run_dir/eval" --cache-dir "$run_dir/eval/flags" --no-progress \
   > "$run_dir/eval/stdout.txt" 2>&1 || { cat "$run_dir/eval/stdout.txt" >&2; exit 1; }
+kill "$flag_committer" 2> /dev/null || true
 echo "$ATTACKS" > "$run_dir/eval/attacks.txt"
 commit "Record: $name evaluated (worst case over attacks $ATTACKS on $SAMPLES test images at eps $EPS, $(date -u +%F))"

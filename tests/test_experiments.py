@@ -188,6 +188,50 @@ def test_persistent_run_trains_one_epoch_per_call_and_resumes_where_it_stopped(t
     assert len(evals) == 3 and "--attacks default " in evals[1] and "--attacks default,autoattack " in evals[2]
 
 
+def test_persistent_run_commits_the_flags_of_a_long_evaluation_while_it_runs(tmp_path):
+    """An evaluation that runs for hours (AutoAttack) commits its cached per-sample flags as it goes
+    (every FLAG_COMMIT_SECONDS), so a machine lost mid-evaluation keeps what was attacked; the script
+    still returns as soon as the evaluation does."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    run_dir = repo / "results" / "runs" / "r"
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "log.jsonl").write_text("{}\n")  # trained: only the evaluation is left
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "start"], check=True)
+    stub = tmp_path / "edlcm_stub.sh"
+    stub.write_text(  # one attack's flags at once, the results after three commit periods
+        "#!/usr/bin/env bash\n"
+        'out=""; prev=""; for a in "$@"; do [ "$prev" = --out-dir ] && out=$a; prev=$a; done\n'
+        'mkdir -p "$out/flags" && echo 1 > "$out/flags/white_fgsm_0.01.pt"\n'
+        'sleep 3; echo "{}" > "$out/results.json"\n'
+    )
+    stub.chmod(0o755)
+    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "persistent_run.sh")
+    env = {
+        **os.environ,
+        "EDLCM": str(stub),
+        "REPO": str(repo),
+        "RESULTS": str(repo / "results"),
+        "EPOCHS": "1",
+        "DATA": str(tmp_path),
+        "FLAG_COMMIT_SECONDS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    subprocess.run(["bash", script, "r", "edlcm", "0"], check=True, env=env, capture_output=True, timeout=60)
+    log = subprocess.run([*git, "log", "--format=%s", "--name-only"], check=True, capture_output=True, text=True)
+    commits = log.stdout.split("Record: ")[1:]
+    in_progress = [c for c in commits if c.startswith("r evaluation in progress")]
+    assert in_progress and all("results.json" not in c for c in in_progress)
+    assert any("eval/flags/white_fgsm_0.01.pt" in c for c in in_progress)
+    assert commits[0].startswith("r evaluated") and "results.json" in commits[0]
+
+
 def write_run(
     folder, method: str, epochs_done: int, clean: float, pgd: dict | None, samples: int = 1000, seconds: float = 0
 ):
