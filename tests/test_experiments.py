@@ -143,6 +143,21 @@ def test_paper_defaults_reports_the_ratio_at_the_first_regularized_step_and_wind
     )
 
 
+PERSISTENT_RUN = os.path.join(os.path.dirname(__file__), "..", "experiments", "persistent_run.sh")
+
+
+def persistent_run_env(tmp_path, stub_body: str, **variables) -> dict:
+    """The environment of persistent_run.sh with a stand-in for edlcm: a bash script that knows its
+    --out-dir as $out and runs ``stub_body``."""
+    stub = tmp_path / "edlcm_stub.sh"
+    stub.write_text(
+        "#!/usr/bin/env bash\n"
+        'out=""; prev=""; for a in "$@"; do [ "$prev" = --out-dir ] && out=$a; prev=$a; done\n' + stub_body
+    )
+    stub.chmod(0o755)
+    return {**os.environ, "EDLCM": str(stub), "DATA": str(tmp_path), **variables}
+
+
 def test_persistent_run_trains_one_epoch_per_call_and_resumes_where_it_stopped(tmp_path):
     """experiments/persistent_run.sh with a stand-in for edlcm: one train call per missing epoch, each
     with --stop-after and --resume, then the eval call; a rerun trains nothing more, evaluates again
@@ -151,29 +166,22 @@ def test_persistent_run_trains_one_epoch_per_call_and_resumes_where_it_stopped(t
     import subprocess
 
     calls = tmp_path / "calls.txt"
-    stub = tmp_path / "edlcm_stub.sh"
-    stub.write_text(
-        "#!/usr/bin/env bash\n"
+    env = persistent_run_env(
+        tmp_path,
         f'echo "$@" >> {calls}\n'
-        'out=""; prev=""; for a in "$@"; do [ "$prev" = --out-dir ] && out=$a; prev=$a; done\n'
         '[ "$1" = train ] && echo "{}" >> "$out/log.jsonl"\n'
         '[ "$1" = eval ] && [ ! -f "$out/../interrupt" ] && echo "{}" > "$out/results.json"\n'
-        "exit 0\n"
+        "exit 0\n",
+        RESULTS=str(tmp_path / "results"),
+        EPOCHS="3",
+        COMMIT="0",
     )
-    stub.chmod(0o755)
-    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "persistent_run.sh")
-    env = {
-        **os.environ,
-        "EDLCM": str(stub),
-        "RESULTS": str(tmp_path / "results"),
-        "EPOCHS": "3",
-        "COMMIT": "0",
-        "DATA": str(tmp_path),
-    }
     (tmp_path / "results" / "runs" / "r").mkdir(parents=True)
     (tmp_path / "results" / "runs" / "r" / "interrupt").touch()  # the first evaluation writes no results
     for _ in range(3):
-        subprocess.run(["bash", script, "r", "edlcm", "0", "alpha=2.0"], check=True, env=env, capture_output=True)
+        subprocess.run(
+            ["bash", PERSISTENT_RUN, "r", "edlcm", "0", "alpha=2.0"], check=True, env=env, capture_output=True
+        )
         (tmp_path / "results" / "runs" / "r" / "interrupt").unlink(missing_ok=True)
     lines = calls.read_text().splitlines()
     trains = [line for line in lines if line.startswith("train")]
@@ -183,7 +191,9 @@ def test_persistent_run_trains_one_epoch_per_call_and_resumes_where_it_stopped(t
     # asked for one attack more (the AutoAttack row): evaluated once more, with it; then left alone
     for _ in range(2):
         env["ATTACKS"] = "default,autoattack"
-        subprocess.run(["bash", script, "r", "edlcm", "0", "alpha=2.0"], check=True, env=env, capture_output=True)
+        subprocess.run(
+            ["bash", PERSISTENT_RUN, "r", "edlcm", "0", "alpha=2.0"], check=True, env=env, capture_output=True
+        )
     evals = [line for line in calls.read_text().splitlines() if line.startswith("eval")]
     assert len(evals) == 3 and "--attacks default " in evals[1] and "--attacks default,autoattack " in evals[2]
 
@@ -198,32 +208,20 @@ def test_persistent_run_commits_the_flags_of_a_long_evaluation_while_it_runs(tmp
     run_dir = repo / "results" / "runs" / "r"
     (run_dir / "eval").mkdir(parents=True)
     (run_dir / "log.jsonl").write_text("{}\n")  # trained: only the evaluation is left
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    git = ["git", "-C", str(repo)]
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    for key, value in (("user.name", "t"), ("user.email", "t@t")):  # the script commits here too
+        subprocess.run([*git, "config", key, value], check=True)
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "start"], check=True)
-    stub = tmp_path / "edlcm_stub.sh"
-    stub.write_text(  # one attack's flags at once, the results after three commit periods
-        "#!/usr/bin/env bash\n"
-        'out=""; prev=""; for a in "$@"; do [ "$prev" = --out-dir ] && out=$a; prev=$a; done\n'
-        'mkdir -p "$out/flags" && echo 1 > "$out/flags/white_fgsm_0.01.pt"\n'
-        'sleep 3; echo "{}" > "$out/results.json"\n'
+    env = persistent_run_env(  # one attack's flags at once, the results after three commit periods
+        tmp_path,
+        'mkdir -p "$out/flags" && echo 1 > "$out/flags/white_fgsm_0.01.pt"\nsleep 3; echo "{}" > "$out/results.json"\n',
+        REPO=str(repo),
+        RESULTS=str(repo / "results"),
+        EPOCHS="1",
+        FLAG_COMMIT_SECONDS="1",
     )
-    stub.chmod(0o755)
-    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "persistent_run.sh")
-    env = {
-        **os.environ,
-        "EDLCM": str(stub),
-        "REPO": str(repo),
-        "RESULTS": str(repo / "results"),
-        "EPOCHS": "1",
-        "DATA": str(tmp_path),
-        "FLAG_COMMIT_SECONDS": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
-    subprocess.run(["bash", script, "r", "edlcm", "0"], check=True, env=env, capture_output=True, timeout=60)
+    subprocess.run(["bash", PERSISTENT_RUN, "r", "edlcm", "0"], check=True, env=env, capture_output=True, timeout=60)
     log = subprocess.run([*git, "log", "--format=%s", "--name-only"], check=True, capture_output=True, text=True)
     commits = log.stdout.split("Record: ")[1:]
     in_progress = [c for c in commits if c.startswith("r evaluation in progress")]
