@@ -13,6 +13,7 @@ shift 3
 repo=${REPO:-$(cd "$(dirname "$0")/.." && pwd)}  # REPO: commit into another clone (code pinned elsewhere)
 DATA=${DATA:-$repo/../shared/data/cifar10-jpeg}
 RESULTS=${RESULTS:?set RESULTS, a folder inside the repository, e.g. results/defaults_sweep}
+case $RESULTS in /*) ;; *) RESULTS=$repo/$RESULTS ;; esac  # relative to REPO, from a pinned copy too
 ARCH=${ARCH:-small_cnn}
 WIDTH=${WIDTH:-1}        # small_cnn's channel multiplier (the capacity study, docs/results.md)
 EPOCHS=${EPOCHS:-20}

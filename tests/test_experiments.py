@@ -217,17 +217,47 @@ def test_persistent_run_commits_the_flags_of_a_long_evaluation_while_it_runs(tmp
         tmp_path,
         'mkdir -p "$out/flags" && echo 1 > "$out/flags/white_fgsm_0.01.pt"\nsleep 3; echo "{}" > "$out/results.json"\n',
         REPO=str(repo),
-        RESULTS=str(repo / "results"),
+        RESULTS="results",  # relative to REPO wherever it is run from (as from a pinned lane)
         EPOCHS="1",
         FLAG_COMMIT_SECONDS="1",
     )
-    subprocess.run(["bash", PERSISTENT_RUN, "r", "edlcm", "0"], check=True, env=env, capture_output=True, timeout=60)
+    subprocess.run(
+        ["bash", PERSISTENT_RUN, "r", "edlcm", "0"], check=True, env=env, capture_output=True, timeout=60, cwd=tmp_path
+    )
     log = subprocess.run([*git, "log", "--format=%s", "--name-only"], check=True, capture_output=True, text=True)
     commits = log.stdout.split("Record: ")[1:]
     in_progress = [c for c in commits if c.startswith("r evaluation in progress")]
     assert in_progress and all("results.json" not in c for c in in_progress)
     assert any("eval/flags/white_fgsm_0.01.pt" in c for c in in_progress)
     assert commits[0].startswith("r evaluated") and "results.json" in commits[0]
+
+
+def test_pinned_lane_runs_the_script_as_committed_from_a_worktree_and_records_into_the_checkout(tmp_path):
+    """experiments/pinned_lane.sh: the experiment runs from a worktree at COMMIT (the script as
+    committed there, not as edited since), with REPO naming the checkout its records go to."""
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "experiments").mkdir(parents=True)
+    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "experiments", "pinned_lane.sh"), repo / "experiments")
+    job = repo / "experiments" / "job.sh"
+    job.write_text('echo "committed $(pwd)" > "$REPO/ran.txt"\n')
+    git = ["git", "-C", str(repo)]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    for key, value in (("user.name", "t"), ("user.email", "t@t")):
+        subprocess.run([*git, "config", key, value], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "pin"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], check=True, capture_output=True, text=True)
+    job.write_text('echo "edited" > "$REPO/ran.txt"\n')  # an edit after the pin changes nothing in flight
+    lanes = tmp_path / "lanes"
+    env = {**os.environ, "LANES": str(lanes)}
+    script = str(repo / "experiments" / "pinned_lane.sh")
+    subprocess.run(["bash", script, "HEAD", "experiments/job.sh"], check=True, env=env, capture_output=True)
+    assert (repo / "ran.txt").read_text().split() == ["committed", str(lanes / commit.stdout.strip())]
+    failed = subprocess.run(["bash", script, "HEAD"], env=env, capture_output=True, text=True)
+    assert failed.returncode == 2 and "usage" in failed.stderr
 
 
 def write_run(
