@@ -6,13 +6,15 @@
 # 1. builds the extension in place against the machine's own torch (editable: no isolation, no
 #    dependency installs; with a GPU visible torch builds for that GPU's architecture only);
 # 2. runs the CUDA tests (every test parametrized on "cuda", and the CUDA-only ones);
-# 3. times the compiled path (bench/step.py --compiled): eager vs compiled (Inductor) vs graphed
-#    (Inductor + CUDA graphs), plain and EDLCM alike, 3x ResNet-18 and 3x small_cnn at B=64, then
-#    ResNet-18 at B=128; compile time apart and amortized over a 50k-image epoch; the rows print
-#    as each configuration finishes, so step_compiled.log keeps them if the time box ends the run;
-# 4. times bench/step.py on 3x ResNet-18 with CIFAR-100 shapes and 3x small_cnn, B=64: plain,
-#    reference, fused, every4, every8, every16, every16_bounded (the default), first_order and the other methods; contiguous and
-#    channels_last; fp32 and bf16 autocast; peak memory; recorded with machine, torch, commit, date;
+# 3. times bench/step.py on 3x ResNet-18 with CIFAR-100 shapes and 3x small_cnn, B=64: plain,
+#    reference, fused, every4, every8, every16, every16_bounded (the default), first_order and the
+#    other methods; contiguous and channels_last; fp32 and bf16 autocast; peak memory; recorded with
+#    machine, torch, commit, date (ResNet-18 alone took 115 s on an H200);
+# 4. times the compiled path (bench/step.py --compiled) on 3x ResNet-18, B=64: plain, the default and
+#    exact EDLCM, each compiled (Inductor) and graphed (Inductor + CUDA graphs), beside the eager ones;
+#    compile time apart and amortized over a 50k-image epoch. On the H200 (2026-12-04) fifteen modes
+#    over three configurations printed no row within 240 s: compilation dominates, so fewer modes;
+# 5. runs `edlcm demo` (trainer and attacks end to end on the GPU);
 # 5. runs `edlcm demo` (trainer and attacks end to end on the GPU);
 # 6. runs the whole suite with what time is left (tests needing torchattacks, absent on the device
 #    image, skip with a reason); both test steps use 8 xdist workers where pytest-xdist is installed.
@@ -27,8 +29,9 @@ mkdir -p "$DEST"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
 status=0
 seconds_left() { echo $((BUDGET - SECONDS)); }
-# timeout for a step: its own cap, or what is left of the budget when that is less
-step_limit() { local left; left=$(seconds_left); echo $(($1 < left ? $1 : left)); }
+# timeout for a step: its own cap, or what is left of the budget when that is less (at least 1 s:
+# timeout reads a negative number as an option, and a step past the budget then fails at once)
+step_limit() { local left; left=$(seconds_left); left=$((left > 1 ? left : 1)); echo $(($1 < left ? $1 : left)); }
 
 # $OUT brings back at most 8 files: the machine heads build.log, and each record comes back as its JSON.
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$DEST/build.log"
@@ -47,22 +50,22 @@ echo "== CUDA tests"
 timeout "$(step_limit 120)" python3 -m pytest -q -p no:cacheprovider "${workers[@]}" -k cuda > "$DEST/pytest_cuda.log" 2>&1 || status=1
 tail -12 "$DEST/pytest_cuda.log"
 
-echo "== compiled bench ($(seconds_left) s left)"
-# every16_bounded: the default (every=16, max_pull=1), eager; every8/every16 (without the bound) eager,
-# and every16 compiled and graphed too.
-compiled_modes=plain_cl,reference_cl,fused_cl,every4_cl,every8_cl,every16_cl,every16_bounded_cl,plain_compiled_cl,compiled_cl
-compiled_modes+=,every4_compiled_cl,every16_compiled_cl,plain_graphed_cl,graphed_cl,every4_graphed_cl,every16_graphed_cl
-timeout "$(step_limit 240)" python3 bench/step.py --configs resnet18,small_cnn,resnet18_b128 --modes "$compiled_modes" \
-  --repeats 10 --no-memory --record > "$DEST/step_compiled.log" 2>&1 || status=1
-cat "$DEST/step_compiled.log"
-record=$(sed -n 's/^recorded //p' "$DEST/step_compiled.log")
-[ -n "$record" ] && cp "$record.json" "$DEST/"
-
 echo "== bench ($(seconds_left) s left)"
-timeout "$(step_limit 120)" python3 bench/step.py --configs resnet18,small_cnn --amp --methods --repeats 10 \
+timeout "$(step_limit 200)" python3 bench/step.py --configs resnet18,small_cnn --amp --methods --repeats 10 \
   --record > "$DEST/step.log" 2>&1 || status=1
 cat "$DEST/step.log"
 record=$(sed -n 's/^recorded //p' "$DEST/step.log")
+[ -n "$record" ] && cp "$record.json" "$DEST/"
+
+echo "== compiled bench ($(seconds_left) s left)"
+# every16_bounded: the default (every=16, max_pull=1), eager; every16 (lazy, without the bound) and the
+# exact step compiled and graphed.
+compiled_modes=plain_cl,every16_bounded_cl,plain_compiled_cl,every16_compiled_cl,compiled_cl
+compiled_modes+=,plain_graphed_cl,every16_graphed_cl,graphed_cl
+timeout "$(step_limit 240)" python3 bench/step.py --configs resnet18 --modes "$compiled_modes" \
+  --repeats 10 --no-memory --record > "$DEST/step_compiled.log" 2>&1 || status=1
+cat "$DEST/step_compiled.log"
+record=$(sed -n 's/^recorded //p' "$DEST/step_compiled.log")
 [ -n "$record" ] && cp "$record.json" "$DEST/"
 
 echo "== demo ($(seconds_left) s left)"
