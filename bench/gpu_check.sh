@@ -41,6 +41,13 @@ echo "== build"
 timeout "$(step_limit 220)" python3 -m pip install --no-build-isolation --no-deps -q -e . >> "$DEST/build.log" 2>&1 \
   || { echo "build failed, see build.log"; tail -30 "$DEST/build.log"; exit 1; }
 echo "built in ${SECONDS} s"
+# How the module met libstdc++ (the CUDA tests' formatting segfault, bench/results/gpu_check_2026-12-04_h200.md):
+# Python's link command, whether the module needs the shared libstdc++ and how many std:: symbols it defines itself.
+{
+  python3 -c "import sysconfig; print('LDSHARED', sysconfig.get_config_var('LDSHARED'))"
+  ldd edlcm_ext/_C*.so | grep -E "stdc|gcc_s" || echo "ldd: no shared libstdc++"
+  echo "std:: symbols the module defines: $(nm -D --defined-only edlcm_ext/_C*.so | grep -c ' _ZNS')"
+} 2>&1 | tee -a "$DEST/build.log"
 
 # Under xdist a test that crashes its process takes one worker, which is replaced, not the whole run.
 workers=()
