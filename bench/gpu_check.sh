@@ -2,6 +2,11 @@
 # The one command to run when a GPU is lent (one device call; stops itself after GPU_CHECK_SECONDS,
 # default 540, so that a lease of 15 minutes leaves room for its start and the transfers):
 #   bash bench/gpu_check.sh            # results under $OUT (the device tool's folder) or bench/results/
+# A 15-minute lease does not hold this and experiments/gpu_paper_setting.sh at their default budgets.
+# What held both on 2026-12-04 (H200; start about 40 s): one call, timeout_s 595, carry [".data"]:
+#   OUT=/tmp/g GPU_CHECK_SECONDS=330 bash bench/gpu_check.sh; OUT=/tmp/p SKIP_BUILD=1 BUDGET=250 \
+#   bash experiments/gpu_paper_setting.sh; tar czf $OUT/g.tgz -C /tmp g; tar czf $OUT/p.tgz -C /tmp p
+# (two tarballs: $OUT brings back 8 files at most), leaving 5 device minutes for a second warm call.
 # In order of what only a GPU can show, each step time-boxed:
 # 1. builds the extension in place against the machine's own torch (editable: no isolation, no
 #    dependency installs; with a GPU visible torch builds for that GPU's architecture only);
