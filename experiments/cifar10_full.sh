@@ -12,18 +12,28 @@
 # each run's measure).
 #   nohup bash experiments/cifar10_full.sh > cifar10_full.log 2>&1 &
 #   ATTACKS=default,autoattack bash experiments/cifar10_full.sh   # then torchattacks' AutoAttack row too
-#   RUNS="base edlcm" bash experiments/cifar10_full.sh            # only the named runs, in the file's order
+#   RUNS="edlcm base" bash experiments/cifar10_full.sh            # only the named runs, in the order named
 # The AutoAttack rows the comparison reports (the field's question, docs/results.md), once each run is trained:
-#   RUNS="base edlcm edlcm_every16 adp gal deg pdd at_fast at_pgd4 trs" ATTACKS=default,autoattack bash experiments/cifar10_full.sh
+#   RUNS="at_fast edlcm_every8 at_pgd4 edlcm_every4 trs edlcm base edlcm_every16 adp gal deg pdd" ATTACKS=default,autoattack bash experiments/cifar10_full.sh
+#   (in pairs of equal step cost, as docs/results.md compares them)
 #   python experiments/evidence_report.py   # tables, figure and docs/results.md from the committed runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RESULTS=${RESULTS:-results/cifar10_full} SUBSET=0 EPOCHS=${EPOCHS:-20} SAMPLES=${SAMPLES:-1000}
 export EPS=${EPS:-0.005,0.01,0.02}
-# One run per line of cifar10_full.runs (comments skipped), in its order.
+# One run per line of cifar10_full.runs (comments skipped), in its order; with RUNS, the runs it names
+# in its order (a name with no line is an error, not a silent skip).
 mapfile -t runs < <(grep -v '^#' experiments/cifar10_full.runs)
+if [ -n "${RUNS:-}" ]; then
+  declare -A line_of
+  for run in "${runs[@]}"; do line_of[${run%% *}]=$run; done
+  runs=()
+  for name in $RUNS; do
+    [ -n "${line_of[$name]:-}" ] || { echo "RUNS: no run named $name in experiments/cifar10_full.runs" >&2; exit 2; }
+    runs+=("${line_of[$name]}")
+  done
+fi
 for run in "${runs[@]}"; do
   read -r -a fields <<< "$run"
-  [ -n "${RUNS:-}" ] && [[ " $RUNS " != *" ${fields[0]} "* ]] && continue
   bash experiments/persistent_run.sh "${fields[@]}"
 done

@@ -358,3 +358,28 @@ def test_paper_defaults_pull_bound_is_the_plain_step_when_loose_and_reported_whe
         paper_defaults.run("small_cnn", "uncapped", batches, window=1)["windows"], rel=1e-5
     )
     assert loose["min_alpha_applied"] == 1.0 and tight["min_alpha_applied"] < 0.1
+
+
+def test_cifar10_full_runs_what_runs_names_in_that_order_and_refuses_an_unknown_name(tmp_path):
+    import subprocess
+
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    shutil.copy(os.path.join(os.path.dirname(__file__), "..", "experiments", "cifar10_full.sh"), experiments)
+    (experiments / "cifar10_full.runs").write_text("# comment\nfirst base 0\nsecond edlcm 0 every=4\nthird at 0\n")
+    (experiments / "persistent_run.sh").write_text('echo "$@" >> "$(dirname "$0")/ran.txt"\n')
+    script = str(experiments / "cifar10_full.sh")
+    subprocess.run(["bash", script], check=True, capture_output=True)
+    assert (experiments / "ran.txt").read_text().splitlines() == [
+        "first base 0",
+        "second edlcm 0 every=4",
+        "third at 0",
+    ]
+    (experiments / "ran.txt").unlink()
+    subprocess.run(["bash", script], check=True, capture_output=True, env={**os.environ, "RUNS": "third first"})
+    assert (experiments / "ran.txt").read_text().splitlines() == ["third at 0", "first base 0"]
+    failed = subprocess.run(
+        ["bash", script], capture_output=True, text=True, env={**os.environ, "RUNS": "first fourth"}
+    )
+    assert failed.returncode == 2 and "RUNS: no run named fourth" in failed.stderr
+    assert (experiments / "ran.txt").read_text().splitlines() == ["third at 0", "first base 0"]  # nothing ran
