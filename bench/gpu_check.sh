@@ -20,7 +20,6 @@
 #    compile time apart and amortized over a 50k-image epoch. On the H200 (2026-12-04) fifteen modes
 #    over three configurations printed no row within 240 s: compilation dominates, so fewer modes;
 # 5. runs `edlcm demo` (trainer and attacks end to end on the GPU);
-# 5. runs `edlcm demo` (trainer and attacks end to end on the GPU);
 # 6. runs the whole suite with what time is left (tests needing torchattacks, absent on the device
 #    image, skip with a reason); both test steps use 8 xdist workers where pytest-xdist is installed.
 # Targets to read the records against (docs/compiled.md): the best exact EDLCM step <= 2x the eager

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 from unittest import mock
 
 import pytest
@@ -163,8 +164,6 @@ def test_persistent_run_trains_one_epoch_per_call_and_resumes_where_it_stopped(t
     with --stop-after and --resume, then the eval call; a rerun trains nothing more, evaluates again
     only while no results.json was written (an interrupted evaluation) or more attacks are asked for,
     and then does nothing."""
-    import subprocess
-
     calls = tmp_path / "calls.txt"
     env = persistent_run_env(
         tmp_path,
@@ -202,8 +201,6 @@ def test_persistent_run_commits_the_flags_of_a_long_evaluation_while_it_runs(tmp
     """An evaluation that runs for hours (AutoAttack) commits its cached per-sample flags as it goes
     (every FLAG_COMMIT_SECONDS), so a machine lost mid-evaluation keeps what was attacked; the script
     still returns as soon as the evaluation does."""
-    import subprocess
-
     repo = tmp_path / "repo"
     run_dir = repo / "results" / "runs" / "r"
     (run_dir / "eval").mkdir(parents=True)
@@ -235,9 +232,6 @@ def test_persistent_run_commits_the_flags_of_a_long_evaluation_while_it_runs(tmp
 def test_pinned_lane_runs_the_script_as_committed_from_a_worktree_and_records_into_the_checkout(tmp_path):
     """experiments/pinned_lane.sh: the experiment runs from a worktree at COMMIT (the script as
     committed there, not as edited since), with REPO naming the checkout its records go to."""
-    import shutil
-    import subprocess
-
     repo = tmp_path / "repo"
     (repo / "experiments").mkdir(parents=True)
     shutil.copy(os.path.join(os.path.dirname(__file__), "..", "experiments", "pinned_lane.sh"), repo / "experiments")
@@ -361,8 +355,6 @@ def test_paper_defaults_pull_bound_is_the_plain_step_when_loose_and_reported_whe
 
 
 def test_cifar10_full_runs_what_runs_names_in_that_order_and_refuses_an_unknown_name(tmp_path):
-    import subprocess
-
     experiments = tmp_path / "experiments"
     experiments.mkdir()
     shutil.copy(os.path.join(os.path.dirname(__file__), "..", "experiments", "cifar10_full.sh"), experiments)
