@@ -14,13 +14,27 @@ from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(ROOT, "csrc")
-# The shared libstdc++, named before the libraries the compiler driver adds at the end of the link,
-# so that it defines every std:: symbol the module uses. Where a toolchain's flags hold
-# -static-libstdc++, the module would otherwise carry a private copy of libstdc++; Debian and
-# Ubuntu's Python links extensions with -Bsymbolic-functions, so the copy's functions then run on
-# the process's libstdc++ data, and formatting a number breaks: kernel error messages were cut at
-# the first number here, and crashed the process on the GPU machine (Ubuntu 24.04, torch 2.11).
-SHARED_LIBSTDCXX = ["-lstdc++"] if sys.platform.startswith("linux") else []
+
+
+def shared_libstdcxx():
+    """The link argument that makes the module use the shared libstdc++ libtorch runs on.
+
+    A module with its own static copy of libstdc++ formats numbers with that copy's functions on the
+    process's locale data: kernel error messages were cut at the first number (on the CPU machine, linked with
+    -static-libstdc++) or crashed the process (the GPU machine). The GPU machine's compiler (/opt/gcc/bin/g++, 2026-12-04)
+    has only a static libstdc++, so even an explicit -lstdc++ gave a private copy (2,249 std:: symbols
+    defined, no libstdc++ in ldd). Naming the very file this process (torch imported) has mapped links
+    it dynamically with any toolchain; -lstdc++ where none is mapped.
+    """
+    if not sys.platform.startswith("linux"):
+        return []
+    import torch  # noqa: F401  (libtorch loads libstdc++)
+
+    with open("/proc/self/maps") as maps:
+        mapped = sorted({line.split()[-1] for line in maps if "/libstdc++.so" in line})
+    return mapped[:1] or ["-lstdc++"]
+
+
 # CUDA 13 builds nothing older than sm_75; A100 (8.0) and H100 (9.0, plus PTX for newer GPUs).
 DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
 
@@ -84,7 +98,7 @@ def get_extensions():
     sources = _sources("csrc/*.cpp", "csrc/cpu/*.cpp")
     # at::parallel_for runs on one thread unless OpenMP is on at compile and link time.
     extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
-    kwargs = dict(extra_link_args=["-fopenmp"] + SHARED_LIBSTDCXX, include_dirs=[CSRC])
+    kwargs = dict(extra_link_args=["-fopenmp"] + shared_libstdcxx(), include_dirs=[CSRC])
     if want_cuda(torch.version.cuda, cuda_home, torch.cuda.is_available()):
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
@@ -104,4 +118,5 @@ def build_ext_class():
     return BuildExtension.with_options(use_ninja=True)
 
 
-setup(ext_modules=get_extensions(), cmdclass={"build_ext": build_ext_class()})
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests import shared_libstdcxx
+    setup(ext_modules=get_extensions(), cmdclass={"build_ext": build_ext_class()})

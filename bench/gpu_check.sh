@@ -45,7 +45,8 @@ echo "== build"
 timeout "$(step_limit 220)" python3 -m pip install --no-build-isolation --no-deps -q -e . >> "$DEST/build.log" 2>&1 \
   || { echo "build failed, see build.log"; tail -30 "$DEST/build.log"; exit 1; }
 echo "built in ${SECONDS} s"
-# How the module met libstdc++ (the CUDA tests' formatting segfault, bench/results/gpu_check_2026-12-04_h200.md):
+# How the module met libstdc++ (it must list the shared libstdc++ and define few std:: symbols; a private copy
+# crashed the CUDA tests: bench/results/gpu_check_2026-12-04_h200.md, third lease):
 # Python's link command, whether the module needs the shared libstdc++ and how many std:: symbols it defines itself.
 {
   python3 -c "import sysconfig; print('LDSHARED', sysconfig.get_config_var('LDSHARED'))"
