@@ -6,6 +6,11 @@
 #   OMP_NUM_THREADS=1 RUNS="at_pgd4 trs" nohup bash experiments/pinned_lane.sh HEAD experiments/cifar10_full.sh > lane1.log 2>&1 &
 set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: $0 COMMIT SCRIPT   (e.g. HEAD experiments/cifar10_full.sh)" >&2; exit 2; }
+# The experiments run `python -m edlcm_ext`: without torch every run of the lane fails at once.
+python -c "import torch" 2> /dev/null || {
+  echo "$0: '$(command -v python || echo python)' cannot import torch; activate the environment README's first command made (. .venv/bin/activate)" >&2
+  exit 2
+}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 commit=$(git -C "$repo" rev-parse --short "$1^{commit}")
 code=${LANES:-$repo/../lanes}/$commit

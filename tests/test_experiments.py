@@ -252,6 +252,16 @@ def test_pinned_lane_runs_the_script_as_committed_from_a_worktree_and_records_in
     assert (repo / "ran.txt").read_text().split() == ["committed", str(lanes / commit.stdout.strip())]
     failed = subprocess.run(["bash", script, "HEAD"], env=env, capture_output=True, text=True)
     assert failed.returncode == 2 and "usage" in failed.stderr
+    # A shell where `python` has no torch (the environment not activated) stops before any run starts.
+    no_torch = tmp_path / "no_torch"
+    no_torch.mkdir()
+    (no_torch / "python").write_text("#!/bin/sh\nexit 1\n")
+    (no_torch / "python").chmod(0o755)
+    (repo / "ran.txt").unlink()
+    env["PATH"] = f"{no_torch}{os.pathsep}{env['PATH']}"
+    failed = subprocess.run(["bash", script, "HEAD", "experiments/job.sh"], env=env, capture_output=True, text=True)
+    assert failed.returncode == 2 and "cannot import torch" in failed.stderr
+    assert not (repo / "ran.txt").exists()
 
 
 def write_run(
