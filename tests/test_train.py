@@ -44,6 +44,7 @@ def test_every_method_trains_one_epoch_on_the_embedded_data(tmp_path, method):
     # the logged accuracy is the saved ensemble's on the test split, recomputed here
     x, y = load_dataset("digits", None, train=False)[0].tensors
     assert record["epoch"] == 1 and record["test_accuracy"] == (ensemble.eval().predict(x) == y).double().mean().item()
+    assert record["seconds"] > 0 and record["test_seconds"] > 0
     lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["epoch"] == 1
 

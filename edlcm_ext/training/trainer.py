@@ -236,7 +236,11 @@ def _train(
             **step_log.means(),
         }
         if main_process:
+            tested = time.perf_counter()
             record["test_accuracy"] = clean_accuracy(ensemble, test_loader, device)
+            record["test_seconds"] = (
+                time.perf_counter() - tested
+            )  # apart from "seconds": what an epoch costs besides training
             history.append(record)
             atomic_save(
                 {
