@@ -385,3 +385,48 @@ def test_cifar10_full_runs_what_runs_names_in_that_order_and_refuses_an_unknown_
     )
     assert failed.returncode == 2 and "RUNS: no run named fourth" in failed.stderr
     assert (experiments / "ran.txt").read_text().splitlines() == ["third at 0", "first base 0"]  # nothing ran
+
+
+def test_gpu_paper_setting_resumes_a_cut_training_on_the_next_call_and_evaluates_once_all_finished(tmp_path):
+    """experiments/gpu_paper_setting.sh with `python3 -m edlcm_ext` stood in for: each train call
+    finishes one epoch and is then cut off (as by its time box) until --epochs are done. The first
+    call leaves both methods at 1 of 2 epochs and exits 3; the same command again resumes both from
+    their checkpoints (the epoch count kept in STATE) and evaluates the two finished ensembles."""
+    calls, bin_dir = tmp_path / "calls.txt", tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(
+        "#!/usr/bin/env bash\n"
+        f'[ "$1 $2" = "-m edlcm_ext" ] || exec "{shutil.which("python3")}" "$@"\n'
+        f'echo "${{*:3}}" >> {calls}\n'
+        'out=""; epochs=""; prev=""\n'
+        'for a in "$@"; do [ "$prev" = --out-dir ] && out=$a; [ "$prev" = --epochs ] && epochs=$a; prev=$a; done\n'
+        '[ "$3" = eval ] && exit 0\n'
+        'mkdir -p "$out"; touch "$out/checkpoint.pt"\n'
+        """echo '{"seconds": 1.0, "test_seconds": 0.5}' >> "$out/log.jsonl"\n"""
+        '[ "$(wc -l < "$out/log.jsonl")" -ge "$epochs" ] || exit 124\n'
+    )
+    (bin_dir / "python3").chmod(0o755)
+    script = os.path.join(os.path.dirname(__file__), "..", "experiments", "gpu_paper_setting.sh")
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        **{"SKIP_BUILD": "1", "DATA": str(tmp_path), "EPOCHS": "2", "EVAL_SECONDS": "10", "BUDGET": "300"},
+        **{"STATE": str(tmp_path / "state"), "OUT": str(tmp_path / "out"), "WORKERS": "0"},
+    }
+    first = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+    assert first.returncode == 3, first.stdout + first.stderr
+    del env["EPOCHS"]  # the rerun continues the schedule STATE keeps
+    second = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stdout + second.stderr
+    trains = [line for line in calls.read_text().splitlines() if line.startswith("train")]
+    assert [("--method base" in line, "--resume" in line) for line in trains] == [
+        (True, False),
+        (False, False),
+        (True, True),
+        (False, True),
+    ]
+    assert all("--epochs 2" in line for line in trains)
+    (evaluation,) = [line for line in calls.read_text().splitlines() if line.startswith("eval")]
+    state = tmp_path / "state"
+    assert f"--checkpoint {state}/base/checkpoint.pt --name base" in evaluation
+    assert f"--checkpoint {state}/edlcm/checkpoint.pt --name edlcm" in evaluation
