@@ -20,11 +20,11 @@ def shared_libstdcxx():
     """The link argument that makes the module use the shared libstdc++ libtorch runs on.
 
     A module with its own static copy of libstdc++ formats numbers with that copy's functions on the
-    process's locale data: kernel error messages were cut at the first number (on the CPU machine, linked with
-    -static-libstdc++) or crashed the process (the GPU machine). The GPU machine's compiler (/opt/gcc/bin/g++, 2026-12-04)
-    has only a static libstdc++, so even an explicit -lstdc++ gave a private copy (2,249 std:: symbols
-    defined, no libstdc++ in ldd). Naming the very file this process (torch imported) has mapped links
-    it dynamically with any toolchain; -lstdc++ where none is mapped.
+    process's locale data: kernel error messages were cut at the first number (the CPU machine, linked
+    with -static-libstdc++) or crashed the process (the GPU machine). The GPU machine's compiler
+    (/opt/gcc/bin/g++, 2026-12-04) has only a static libstdc++, so even an explicit -lstdc++ gave a
+    private copy (2,249 std:: symbols defined, no libstdc++ in ldd). Naming the very file this process
+    (torch imported) has mapped links it dynamically with any toolchain; -lstdc++ where none is mapped.
     """
     if not sys.platform.startswith("linux"):
         return []

@@ -236,11 +236,10 @@ def _train(
             **step_log.means(),
         }
         if main_process:
+            # The test pass, timed apart from "seconds": what an epoch costs besides training.
             tested = time.perf_counter()
             record["test_accuracy"] = clean_accuracy(ensemble, test_loader, device)
-            record["test_seconds"] = (
-                time.perf_counter() - tested
-            )  # apart from "seconds": what an epoch costs besides training
+            record["test_seconds"] = time.perf_counter() - tested
             history.append(record)
             atomic_save(
                 {
