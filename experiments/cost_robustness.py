@@ -80,15 +80,16 @@ def write_report(results: dict, costs: dict, eps_values: list[str], out_dir: str
         lines.append(f"| {name} | {costs[name]:.2f} | {100 * result['clean']:.1f} | " + " | ".join(cells) + " |")
     with open(os.path.join(out_dir, "cost_robustness.md"), "w") as table:
         table.write("\n".join(lines) + "\n")
-    figure, axis = plt.subplots(figsize=(6.5, 4.2))
-    for marker, e in zip("os^vD", eps_values):
+    # One panel per eps: with twenty-odd runs, three radii in one panel bury each other's labels.
+    figure, axes = plt.subplots(len(eps_values), 1, figsize=(8, 4.5 * len(eps_values)), squeeze=False)
+    for axis, e in zip(axes[:, 0], eps_values):
         points = [(costs[name], 100 * result["worst"][e]["all"], name) for name, result in results.items()]
-        axis.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=f"eps {e}")
+        axis.scatter([p[0] for p in points], [p[1] for p in points])
         for cost, accuracy, name in points:
             axis.annotate(name, (cost, accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axis.set(xlabel="training step cost (x Base)", ylabel="worst-case robust accuracy (%)", xscale="log")
-    axis.grid(alpha=0.3)
-    axis.legend()
+        axis.set(ylabel=f"worst case at eps {e} (%)", xscale="log")
+        axis.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("training step cost (x Base)")
     figure.tight_layout()
     figure.savefig(os.path.join(out_dir, "cost_robustness.png"), dpi=120)
     plt.close(figure)
