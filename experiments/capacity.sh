@@ -8,6 +8,7 @@
 # On 2 CPU cores (one thread each) width 4 takes about 20 min per Base epoch: the study is about 11 h
 # of training in all, widths 1 and 2 within the first 4.
 #   nohup bash experiments/capacity.sh > capacity.log 2>&1 &
+#   python experiments/clean_price_report.py   # the table and the rule's verdict on docs/results.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RESULTS=${RESULTS:-results/capacity} SUBSET=0 EPOCHS=${EPOCHS:-10} SAMPLES=${SAMPLES:-500} EPS=${EPS:-0.01}

@@ -197,11 +197,12 @@ def write_trade_curve(evaluated: dict[str, dict], headline: str, path: str) -> N
     plt.close(figure)
 
 
-def replace_block(text: str, block: str, page: str) -> str:
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise ValueError(f"--page {page} needs one {BEGIN} line and one {END} line after it")
-    head, rest = text.split(BEGIN)
-    return head + BEGIN + "\n" + block + "\n" + END + rest.split(END, 1)[1]
+def replace_block(text: str, block: str, page: str, begin: str = BEGIN, end: str = END) -> str:
+    """``text`` with what lies between its one ``begin`` line and its one ``end`` line replaced by ``block``."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ValueError(f"--page {page} needs one {begin} line and one {end} line after it")
+    head, rest = text.split(begin)
+    return head + begin + "\n" + block + "\n" + end + rest.split(end, 1)[1]
 
 
 def main(argv=None) -> None:
